@@ -1,0 +1,56 @@
+# iotpipe — PGXS build, plus the two user-facing commands: `make demo` and `make test`.
+
+EXTENSION   = iotpipe
+EXTVERSION  = 0.1.0
+MODULE_big  = iotpipe
+OBJS = \
+	src/iotpipe.o \
+	src/guc.o \
+	src/shmem.o \
+	src/status.o \
+	src/launcher.o \
+	src/jsonmsg.o \
+	src/ingest.o \
+	src/partition.o \
+	src/simulator.o \
+	src/simgen.o \
+	src/alerts.o \
+	src/kafka.o
+
+# The install script is built from the ordered fragments in src/sql/.
+SQL_SOURCES = $(sort $(wildcard src/sql/*.sql))
+DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
+DATA        = $(wildcard sql/upgrade/$(EXTENSION)--*--*.sql)
+
+# Every file in sql/ is a pg_regress test, run in name order.
+REGRESS      = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
+REGRESS_OPTS = --inputdir=. --use-existing --dbname=iotpipe_regress
+
+PG_CONFIG  ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK  = -lrdkafka
+
+EXTRA_CLEAN = $(DATA_built)
+
+with_llvm = no
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	cat $^ > $@
+
+.PHONY: deps test demo demo-stop bench lint
+deps:
+	@scripts/deps.sh
+
+test: deps
+	@scripts/test.sh
+
+demo: deps
+	@scripts/demo.sh start
+
+demo-stop:
+	@scripts/demo.sh stop
+
+lint:
+	@scripts/lint.sh

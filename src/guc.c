@@ -1,0 +1,121 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  Every iotpipe.* setting, in one place.  Postmaster-only settings are
+ *	  defined only while preloading.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+
+#include "utils/guc.h"
+
+char	   *iotpipe_database = NULL;
+int			iotpipe_batch_size = 5000;
+int			iotpipe_flush_interval_ms = 50;
+int			iotpipe_etl_interval_s = 0;
+int			iotpipe_raw_retention_s = 0;
+int			iotpipe_partition_premake_days = 3;
+int			iotpipe_max_workers = 16;
+int			iotpipe_launcher_naptime_ms = 500;
+int			iotpipe_kafka_poll_ms = 100;
+int			iotpipe_kafka_max_message_bytes = IOTPIPE_MAX_MESSAGE;
+
+void
+iotpipe_guc_init(bool preloading)
+{
+	if (preloading)
+	{
+		DefineCustomStringVariable("iotpipe.database",
+								   "Database the iotpipe launcher and workers connect to.",
+								   "The extension must be created in this database.",
+								   &iotpipe_database,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+
+		DefineCustomIntVariable("iotpipe.max_workers",
+								"Maximum number of iotpipe workers (launcher, simulator, Kafka consumers).",
+								"Each worker also needs a max_worker_processes slot.",
+								&iotpipe_max_workers,
+								16, 3, 256,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+	}
+
+	DefineCustomIntVariable("iotpipe.batch_size",
+							"Maximum number of messages written in one ingest transaction.",
+							NULL,
+							&iotpipe_batch_size,
+							5000, 1, 1000000,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.flush_interval",
+							"Longest time a worker holds a partial batch before writing it.",
+							"Lower values reduce latency; higher values make larger, cheaper batches.",
+							&iotpipe_flush_interval_ms,
+							50, 1, 60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.etl_interval",
+							"How often the launcher runs iotpipe.run_etl(); 0 turns it off.",
+							NULL,
+							&iotpipe_etl_interval_s,
+							0, 0, INT_MAX / 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.raw_retention",
+							"Age after which raw partitions are dropped, once the ETL has processed them; 0 keeps them forever.",
+							NULL,
+							&iotpipe_raw_retention_s,
+							0, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.partition_premake",
+							"Number of daily partitions of iotpipe.readings the launcher keeps created ahead.",
+							NULL,
+							&iotpipe_partition_premake_days,
+							3, 1, 366,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.launcher_naptime",
+							"Longest sleep of the launcher between two supervision passes.",
+							NULL,
+							&iotpipe_launcher_naptime_ms,
+							500, 10, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.kafka_poll_timeout",
+							"Longest time a Kafka worker waits for messages in one poll.",
+							NULL,
+							&iotpipe_kafka_poll_ms,
+							100, 1, 10000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.max_message_size",
+							"Messages larger than this are dead letters.",
+							NULL,
+							&iotpipe_kafka_max_message_bytes,
+							IOTPIPE_MAX_MESSAGE, 1024, 16 * 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("iotpipe");
+}

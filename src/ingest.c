@@ -1,0 +1,762 @@
+/*-------------------------------------------------------------------------
+ *
+ * ingest.c
+ *	  The ingest core, shared by every source (Kafka workers, the simulator,
+ *	  iotpipe.ingest_json()):
+ *
+ *	    add messages -> parse/validate each (jsonmsg.c) -> flush:
+ *	      1. make sure the daily partitions exist (partition.c)
+ *	      2. write accepted readings with COPY FROM an in-memory binary
+ *	         stream (multi-insert, partition routing, indexes: all of COPY)
+ *	      3. upsert iotpipe.sensors, one statement for the batch
+ *	      4. run the alert engine over the accepted readings (alerts.c)
+ *	      5. write rejects to iotpipe.dead_letters with their exact bytes
+ *
+ *	  Everything happens in the caller's transaction: a worker commits once
+ *	  per batch (rows, dead letters, alerts, NOTIFY and Kafka offsets
+ *	  together).  Bad input never throws; only real failures (disk, locks,
+ *	  a dropped extension) do.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_relation.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
+
+typedef struct IotReject
+{
+	char	   *data;
+	size_t		len;
+	const char *reason;
+	const char *source;
+	const char *topic;
+	int			partition;
+	int64		offset;
+	bool		has_coords;
+} IotReject;
+
+struct IotBatch
+{
+	MemoryContext cxt;			/* everything of one batch; reset per batch */
+	IotReading *readings;
+	int			nreadings;
+	int			readings_cap;
+	IotReject  *rejects;
+	int			nrejects;
+	int			rejects_cap;
+	TimestampTz now;			/* reference for "in the future" */
+};
+
+/* per-sensor summary of a batch, for the sensors upsert */
+typedef struct SensorAgg
+{
+	char		sensor_id[IOTPIPE_MAX_SENSOR_ID * 4 + 1];	/* hash key */
+	TimestampTz first_ts;
+	TimestampTz last_ts;
+	const char *location;		/* of the latest reading that had one */
+	TimestampTz location_ts;
+	bool		has_temperature;
+	bool		has_humidity;
+	double		temperature;	/* latest non-null */
+	double		humidity;
+	TimestampTz temperature_ts;
+	TimestampTz humidity_ts;
+	int64		count;
+} SensorAgg;
+
+static SPIPlanPtr sensors_plan = NULL;
+static SPIPlanPtr dead_letters_plan = NULL;
+
+IotBatch *
+iotpipe_batch_create(MemoryContext parent)
+{
+	IotBatch   *batch = MemoryContextAllocZero(parent, sizeof(IotBatch));
+
+	batch->cxt = AllocSetContextCreate(parent, "iotpipe batch", ALLOCSET_DEFAULT_SIZES);
+	iotpipe_batch_reset(batch);
+	return batch;
+}
+
+void
+iotpipe_batch_reset(IotBatch *batch)
+{
+	MemoryContextReset(batch->cxt);
+	batch->readings_cap = 1024;
+	batch->readings = MemoryContextAlloc(batch->cxt, sizeof(IotReading) * batch->readings_cap);
+	batch->nreadings = 0;
+	batch->rejects_cap = 16;
+	batch->rejects = MemoryContextAlloc(batch->cxt, sizeof(IotReject) * batch->rejects_cap);
+	batch->nrejects = 0;
+	batch->now = GetCurrentTimestamp();
+}
+
+int
+iotpipe_batch_count(IotBatch *batch)
+{
+	return batch->nreadings + batch->nrejects;
+}
+
+int
+iotpipe_batch_nreadings(IotBatch *batch)
+{
+	return batch->nreadings;
+}
+
+IotReading *
+iotpipe_batch_readings(IotBatch *batch)
+{
+	return batch->readings;
+}
+
+void
+iotpipe_batch_reject(IotBatch *batch, const char *data, size_t len,
+					 const IotSource *src, const char *reason)
+{
+	IotReject  *rej;
+	MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+
+	if (batch->nrejects == batch->rejects_cap)
+	{
+		batch->rejects_cap *= 2;
+		batch->rejects = repalloc(batch->rejects, sizeof(IotReject) * batch->rejects_cap);
+	}
+	rej = &batch->rejects[batch->nrejects++];
+	rej->data = palloc(len + 1);
+	if (len > 0)
+		memcpy(rej->data, data, len);
+	rej->len = len;
+	rej->reason = pstrdup(reason);
+	rej->source = src->source;
+	rej->topic = src->topic ? pstrdup(src->topic) : NULL;
+	rej->partition = src->partition;
+	rej->offset = src->offset;
+	rej->has_coords = (src->topic != NULL);
+	MemoryContextSwitchTo(old);
+}
+
+bool
+iotpipe_batch_add(IotBatch *batch, const char *data, size_t len, const IotSource *src)
+{
+	const char *reason;
+	IotReading *r;
+	MemoryContext old;
+
+	if (batch->nreadings == batch->readings_cap)
+	{
+		batch->readings_cap *= 2;
+		batch->readings = repalloc_huge(batch->readings, sizeof(IotReading) * batch->readings_cap);
+	}
+	r = &batch->readings[batch->nreadings];
+	old = MemoryContextSwitchTo(batch->cxt);
+	reason = iotpipe_parse_message(data, len, r, batch->now, batch->cxt);
+	MemoryContextSwitchTo(old);
+	if (reason == NULL)
+	{
+		batch->nreadings++;
+		return true;
+	}
+	iotpipe_batch_reject(batch, data, len, src, reason);
+	return false;
+}
+
+/* ---------- COPY from memory ---------- */
+
+static const char *copy_src_data;
+static size_t copy_src_len;
+static size_t copy_src_pos;
+
+static int
+copy_read_cb(void *outbuf, int minread, int maxread)
+{
+	size_t		n = Min((size_t) maxread, copy_src_len - copy_src_pos);
+
+	memcpy(outbuf, copy_src_data + copy_src_pos, n);
+	copy_src_pos += n;
+	return (int) n;
+}
+
+static inline void
+put_int16(StringInfo buf, int16 v)
+{
+	uint16		n = pg_hton16((uint16) v);
+
+	appendBinaryStringInfoNT(buf, (char *) &n, 2);
+}
+
+static inline void
+put_int32(StringInfo buf, int32 v)
+{
+	uint32		n = pg_hton32((uint32) v);
+
+	appendBinaryStringInfoNT(buf, (char *) &n, 4);
+}
+
+static inline void
+put_int64(StringInfo buf, int64 v)
+{
+	uint64		n = pg_hton64((uint64) v);
+
+	appendBinaryStringInfoNT(buf, (char *) &n, 8);
+}
+
+static inline void
+put_float8(StringInfo buf, double v)
+{
+	union
+	{
+		double		f;
+		int64		i;
+	}			u;
+
+	u.f = v;
+	put_int64(buf, u.i);
+}
+
+#define READINGS_NATTS 7
+
+/* the PGCOPY binary stream of the batch's accepted readings */
+static void
+build_copy_stream(IotBatch *batch, StringInfo buf)
+{
+	static const char sig[11] = "PGCOPY\n\377\r\n\0";
+	TimestampTz ingested_at = GetCurrentTimestamp();
+	uint64		xid = U64FromFullTransactionId(GetTopFullTransactionId());
+	int			i;
+
+	enlargeStringInfo(buf, 19 + batch->nreadings * 120);
+	appendBinaryStringInfoNT(buf, sig, 11);
+	put_int32(buf, 0);			/* flags */
+	put_int32(buf, 0);			/* header extension length */
+	for (i = 0; i < batch->nreadings; i++)
+	{
+		IotReading *r = &batch->readings[i];
+
+		enlargeStringInfo(buf, 2 + 7 * 4 + r->sensor_id_len + r->location_len + 40);
+		put_int16(buf, READINGS_NATTS);
+		put_int32(buf, r->sensor_id_len);
+		appendBinaryStringInfoNT(buf, r->sensor_id, r->sensor_id_len);
+		put_int32(buf, 8);
+		put_int64(buf, r->ts);
+		if (r->has_temperature)
+		{
+			put_int32(buf, 8);
+			put_float8(buf, r->temperature);
+		}
+		else
+			put_int32(buf, -1);
+		if (r->has_humidity)
+		{
+			put_int32(buf, 8);
+			put_float8(buf, r->humidity);
+		}
+		else
+			put_int32(buf, -1);
+		if (r->location)
+		{
+			put_int32(buf, r->location_len);
+			appendBinaryStringInfoNT(buf, r->location, r->location_len);
+		}
+		else
+			put_int32(buf, -1);
+		put_int32(buf, 8);
+		put_int64(buf, ingested_at);
+		put_int32(buf, 8);
+		put_int64(buf, (int64) xid);
+	}
+	put_int16(buf, -1);
+}
+
+static Oid
+iotpipe_relid(const char *relname)
+{
+	Oid			nsp = get_namespace_oid("iotpipe", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid(relname, nsp) : InvalidOid;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"iotpipe.%s\" does not exist", relname),
+				 errhint("Is the iotpipe extension installed in this database?")));
+	return relid;
+}
+
+static void
+copy_readings(IotBatch *batch)
+{
+	static const char *const cols[READINGS_NATTS] = {
+		"sensor_id", "ts", "temperature", "humidity", "location", "ingested_at", "ingest_xid"
+	};
+	StringInfoData buf;
+	Relation	rel;
+	ParseState *pstate;
+	ParseNamespaceItem *nsitem;
+	CopyFromState cstate;
+	List	   *attnames = NIL;
+	int			i;
+	int			saved_client_encoding = pg_get_client_encoding();
+	bool		swap_encoding;
+
+	initStringInfo(&buf);
+	build_copy_stream(batch, &buf);
+
+	rel = table_open(iotpipe_relid("readings"), RowExclusiveLock);
+	pstate = make_parsestate(NULL);
+	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+#if PG_VERSION_NUM >= 160000
+	nsitem->p_perminfo->requiredPerms = ACL_INSERT;
+	for (i = 0; i < READINGS_NATTS; i++)
+		nsitem->p_perminfo->insertedCols =
+			bms_add_member(nsitem->p_perminfo->insertedCols,
+						   i + 1 - FirstLowInvalidHeapAttributeNumber);
+	ExecCheckPermissions(pstate->p_rtable, list_make1(nsitem->p_perminfo), true);
+#else
+	nsitem->p_rte->requiredPerms = ACL_INSERT;
+	for (i = 0; i < READINGS_NATTS; i++)
+		nsitem->p_rte->insertedCols =
+			bms_add_member(nsitem->p_rte->insertedCols,
+						   i + 1 - FirstLowInvalidHeapAttributeNumber);
+	ExecCheckRTPerms(pstate->p_rtable, true);
+#endif
+	for (i = 0; i < READINGS_NATTS; i++)
+		attnames = lappend(attnames, makeString((char *) cols[i]));
+
+	/*
+	 * Binary COPY hands text fields to textrecv, which converts from the
+	 * client encoding.  Our bytes are UTF-8 in a UTF-8 database: make sure no
+	 * conversion happens whatever the session's client_encoding is.
+	 */
+	swap_encoding = (saved_client_encoding != GetDatabaseEncoding() &&
+					 saved_client_encoding != PG_SQL_ASCII);
+
+	copy_src_data = buf.data;
+	copy_src_len = buf.len;
+	copy_src_pos = 0;
+	PG_TRY();
+	{
+		if (swap_encoding)
+			SetClientEncoding(GetDatabaseEncoding());
+		cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_read_cb, attnames,
+							   list_make1(makeDefElem("format", (Node *) makeString("binary"), -1)));
+		(void) CopyFrom(cstate);
+		EndCopyFrom(cstate);
+	}
+	PG_FINALLY();
+	{
+		if (swap_encoding)
+			SetClientEncoding(saved_client_encoding);
+		copy_src_data = NULL;
+		copy_src_len = copy_src_pos = 0;
+	}
+	PG_END_TRY();
+
+	free_parsestate(pstate);
+	table_close(rel, NoLock);
+	pfree(buf.data);
+}
+
+/* ---------- sensors upsert ---------- */
+
+static int
+sensoragg_cmp(const void *a, const void *b)
+{
+	return strcmp((*(SensorAgg *const *) a)->sensor_id, (*(SensorAgg *const *) b)->sensor_id);
+}
+
+static void
+upsert_sensors(IotBatch *batch)
+{
+	HASHCTL		ctl;
+	HTAB	   *htab;
+	HASH_SEQ_STATUS seq;
+	SensorAgg  *agg;
+	SensorAgg **sorted;
+	int			n = 0,
+				i;
+	Datum	   *ids,
+			   *locs,
+			   *firsts,
+			   *lasts,
+			   *temps,
+			   *hums,
+			   *counts;
+	bool	   *locnulls,
+			   *tempnulls,
+			   *humnulls;
+	int			dims[1];
+	int			lbs[1] = {1};
+	Datum		args[8];
+	TimestampTz now = GetCurrentTimestamp();
+	int			ret;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(((SensorAgg *) 0)->sensor_id);
+	ctl.entrysize = sizeof(SensorAgg);
+	ctl.hcxt = CurrentMemoryContext;
+	htab = hash_create("iotpipe batch sensors", 256, &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	for (i = 0; i < batch->nreadings; i++)
+	{
+		IotReading *r = &batch->readings[i];
+		bool		found;
+
+		agg = hash_search(htab, r->sensor_id, HASH_ENTER, &found);
+		if (!found)
+		{
+			agg->first_ts = agg->last_ts = r->ts;
+			agg->location = NULL;
+			agg->location_ts = DT_NOBEGIN;
+			agg->has_temperature = agg->has_humidity = false;
+			agg->temperature_ts = agg->humidity_ts = DT_NOBEGIN;
+			agg->count = 0;
+		}
+		agg->count++;
+		if (r->ts < agg->first_ts)
+			agg->first_ts = r->ts;
+		if (r->ts > agg->last_ts)
+			agg->last_ts = r->ts;
+		if (r->location && r->ts >= agg->location_ts)
+		{
+			agg->location = r->location;
+			agg->location_ts = r->ts;
+		}
+		if (r->has_temperature && r->ts >= agg->temperature_ts)
+		{
+			agg->temperature = r->temperature;
+			agg->temperature_ts = r->ts;
+			agg->has_temperature = true;
+		}
+		if (r->has_humidity && r->ts >= agg->humidity_ts)
+		{
+			agg->humidity = r->humidity;
+			agg->humidity_ts = r->ts;
+			agg->has_humidity = true;
+		}
+	}
+
+	/* a stable lock order: concurrent workers never deadlock on sensors */
+	sorted = palloc(sizeof(SensorAgg *) * hash_get_num_entries(htab));
+	hash_seq_init(&seq, htab);
+	while ((agg = hash_seq_search(&seq)) != NULL)
+		sorted[n++] = agg;
+	qsort(sorted, n, sizeof(SensorAgg *), sensoragg_cmp);
+
+	ids = palloc(sizeof(Datum) * n);
+	locs = palloc(sizeof(Datum) * n);
+	firsts = palloc(sizeof(Datum) * n);
+	lasts = palloc(sizeof(Datum) * n);
+	temps = palloc(sizeof(Datum) * n);
+	hums = palloc(sizeof(Datum) * n);
+	counts = palloc(sizeof(Datum) * n);
+	locnulls = palloc(sizeof(bool) * n);
+	tempnulls = palloc(sizeof(bool) * n);
+	humnulls = palloc(sizeof(bool) * n);
+	for (i = 0; i < n; i++)
+	{
+		agg = sorted[i];
+		ids[i] = PointerGetDatum(cstring_to_text(agg->sensor_id));
+		locnulls[i] = (agg->location == NULL);
+		locs[i] = agg->location ? PointerGetDatum(cstring_to_text(agg->location)) : (Datum) 0;
+		firsts[i] = TimestampTzGetDatum(agg->first_ts);
+		lasts[i] = TimestampTzGetDatum(agg->last_ts);
+		tempnulls[i] = !agg->has_temperature;
+		temps[i] = Float8GetDatum(agg->has_temperature ? agg->temperature : 0);
+		humnulls[i] = !agg->has_humidity;
+		hums[i] = Float8GetDatum(agg->has_humidity ? agg->humidity : 0);
+		counts[i] = Int64GetDatum(agg->count);
+	}
+	dims[0] = n;
+	args[0] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_md_array(locs, locnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(firsts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(lasts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_md_array(temps, tempnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_md_array(hums, humnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_array(counts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[7] = TimestampTzGetDatum(now);
+
+	if (sensors_plan == NULL)
+	{
+		Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, 1185 /* timestamptz[] */ ,
+			1185, FLOAT8ARRAYOID, FLOAT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(
+						   "INSERT INTO iotpipe.sensors AS s "
+						   "  (sensor_id, location, first_seen, last_seen, last_ingested_at, "
+						   "   last_temperature, last_humidity, readings_total) "
+						   "SELECT u.id, u.loc, u.f, u.l, $8, u.t, u.h, u.c "
+						   "  FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(id, loc, f, l, t, h, c) "
+						   "ON CONFLICT (sensor_id) DO UPDATE SET "
+						   "  location = CASE WHEN excluded.last_seen >= s.last_seen "
+						   "                  THEN coalesce(excluded.location, s.location) "
+						   "                  ELSE coalesce(s.location, excluded.location) END, "
+						   "  last_temperature = CASE WHEN excluded.last_seen >= s.last_seen "
+						   "                  THEN coalesce(excluded.last_temperature, s.last_temperature) "
+						   "                  ELSE s.last_temperature END, "
+						   "  last_humidity = CASE WHEN excluded.last_seen >= s.last_seen "
+						   "                  THEN coalesce(excluded.last_humidity, s.last_humidity) "
+						   "                  ELSE s.last_humidity END, "
+						   "  first_seen = least(s.first_seen, excluded.first_seen), "
+						   "  last_seen = greatest(s.last_seen, excluded.last_seen), "
+						   "  last_ingested_at = excluded.last_ingested_at, "
+						   "  readings_total = s.readings_total + excluded.readings_total",
+						   8, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the sensors upsert: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		sensors_plan = plan;
+	}
+	ret = SPI_execute_plan(sensors_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "sensors upsert failed: %s", SPI_result_code_string(ret));
+	hash_destroy(htab);
+}
+
+/* ---------- dead letters ---------- */
+
+static void
+write_dead_letters(IotBatch *batch)
+{
+	int			n = batch->nrejects;
+	Datum	   *sources = palloc(sizeof(Datum) * n);
+	Datum	   *topics = palloc(sizeof(Datum) * n);
+	Datum	   *parts = palloc(sizeof(Datum) * n);
+	Datum	   *offsets = palloc(sizeof(Datum) * n);
+	Datum	   *payloads = palloc(sizeof(Datum) * n);
+	Datum	   *errors = palloc(sizeof(Datum) * n);
+	bool	   *coordnulls = palloc(sizeof(bool) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Datum		args[6];
+	int			i;
+	int			ret;
+
+	for (i = 0; i < n; i++)
+	{
+		IotReject  *rej = &batch->rejects[i];
+		bytea	   *payload = palloc(VARHDRSZ + rej->len);
+
+		SET_VARSIZE(payload, VARHDRSZ + rej->len);
+		if (rej->len > 0)
+			memcpy(VARDATA(payload), rej->data, rej->len);
+		sources[i] = PointerGetDatum(cstring_to_text(rej->source));
+		coordnulls[i] = !rej->has_coords;
+		topics[i] = rej->has_coords ? PointerGetDatum(cstring_to_text(rej->topic)) : (Datum) 0;
+		parts[i] = Int32GetDatum(rej->partition);
+		offsets[i] = Int64GetDatum(rej->offset);
+		payloads[i] = PointerGetDatum(payload);
+		/* the reason is ASCII or valid UTF-8 built by us */
+		errors[i] = PointerGetDatum(cstring_to_text(rej->reason));
+	}
+	args[0] = PointerGetDatum(construct_array(sources, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_md_array(topics, coordnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_md_array(parts, coordnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_md_array(offsets, coordnulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[4] = PointerGetDatum(construct_array(payloads, n, BYTEAOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_array(errors, n, TEXTOID, -1, false, TYPALIGN_INT));
+
+	if (dead_letters_plan == NULL)
+	{
+		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+		1001 /* bytea[] */ , TEXTARRAYOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO iotpipe.dead_letters "
+						   "  (source, topic, partition, \"offset\", payload, error) "
+						   "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
+						   6, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the dead letters insert: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		dead_letters_plan = plan;
+	}
+	ret = SPI_execute_plan(dead_letters_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "dead letters insert failed: %s", SPI_result_code_string(ret));
+}
+
+/* ---------- flush ---------- */
+
+static void
+ensure_partitions(IotBatch *batch)
+{
+	int32		days[16];
+	int			ndays = 0;
+	int			i,
+				j;
+
+	for (i = 0; i < batch->nreadings; i++)
+	{
+		int32		d = iotpipe_ts_day(batch->readings[i].ts);
+
+		for (j = 0; j < ndays; j++)
+			if (days[j] == d)
+				break;
+		if (j < ndays)
+			continue;
+		if (ndays == lengthof(days))
+		{
+			iotpipe_ensure_partitions_for_days(days, ndays);
+			ndays = 0;
+		}
+		days[ndays++] = d;
+	}
+	if (ndays > 0)
+		iotpipe_ensure_partitions_for_days(days, ndays);
+}
+
+void
+iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
+{
+	MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+
+	if (batch->nreadings > 0)
+	{
+		ensure_partitions(batch);
+		copy_readings(batch);
+	}
+	if (batch->nreadings > 0 || batch->nrejects > 0)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (batch->nreadings > 0)
+		{
+			upsert_sensors(batch);
+			iotpipe_alerts_process_batch(batch);
+		}
+		if (batch->nrejects > 0)
+			write_dead_letters(batch);
+		SPI_finish();
+	}
+	MemoryContextSwitchTo(old);
+
+	if (accepted)
+		*accepted = batch->nreadings;
+	if (rejected)
+		*rejected = batch->nrejects;
+}
+
+/* ---------- SQL: iotpipe.ingest_json(text[]) / ingest_json_bytes(bytea[]) ---------- */
+
+static Datum
+ingest_array(FunctionCallInfo fcinfo)
+{
+	ArrayType  *arr;
+	ArrayIterator it;
+	Datum		value;
+	bool		isnull;
+	IotBatch   *batch;
+	IotSource	src = {0};
+	uint64		total_acc = 0,
+				total_rej = 0;
+	TupleDesc	tupdesc;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	MemoryContext percall;
+	MemoryContext old;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	tupdesc = BlessTupleDesc(tupdesc);
+
+	if (PG_ARGISNULL(0))
+	{
+		values[0] = Int64GetDatum(0);
+		values[1] = Int64GetDatum(0);
+		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+	}
+	if (GetDatabaseEncoding() != PG_UTF8)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("iotpipe requires a database with UTF8 encoding")));
+
+	src.source = PG_ARGISNULL(1) ? "sql" : text_to_cstring(PG_GETARG_TEXT_PP(1));
+	arr = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("payloads must be a one-dimensional array")));
+
+	percall = AllocSetContextCreate(CurrentMemoryContext, "iotpipe ingest_json",
+									ALLOCSET_DEFAULT_SIZES);
+	batch = iotpipe_batch_create(percall);
+	it = array_create_iterator(arr, 0, NULL);
+	old = MemoryContextSwitchTo(percall);
+	while (array_iterate(it, &value, &isnull))
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (isnull)
+			iotpipe_batch_reject(batch, "", 0, &src, "message is NULL");
+		else
+		{
+			struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
+
+			iotpipe_batch_add(batch, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v), &src);
+			if ((Pointer) v != DatumGetPointer(value))
+				pfree(v);
+		}
+		if (iotpipe_batch_count(batch) >= iotpipe_batch_size)
+		{
+			uint64		a,
+						r;
+
+			iotpipe_batch_flush(batch, &a, &r);
+			total_acc += a;
+			total_rej += r;
+			iotpipe_batch_reset(batch);
+		}
+	}
+	if (iotpipe_batch_count(batch) > 0)
+	{
+		uint64		a,
+					r;
+
+		iotpipe_batch_flush(batch, &a, &r);
+		total_acc += a;
+		total_rej += r;
+	}
+	array_free_iterator(it);
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(percall);
+
+	values[0] = Int64GetDatum((int64) total_acc);
+	values[1] = Int64GetDatum((int64) total_rej);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(iotpipe_ingest_json);
+Datum
+iotpipe_ingest_json(PG_FUNCTION_ARGS)
+{
+	return ingest_array(fcinfo);
+}
+
+PG_FUNCTION_INFO_V1(iotpipe_ingest_json_bytes);
+Datum
+iotpipe_ingest_json_bytes(PG_FUNCTION_ARGS)
+{
+	return ingest_array(fcinfo);
+}

@@ -1,0 +1,83 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  iotpipe's shared memory: one IotShared holding the launcher's latch
+ *	  and a fixed array of worker slots (iotpipe.max_workers of them).
+ *
+ * Locking: IotShared->lock (a named LWLock tranche "iotpipe") protects every
+ * field of the slots except the pg_atomic counters, which only the owning
+ * worker increments and anybody may read without the lock.
+ *
+ * Slot 0 is the launcher, slot 1 the simulator; the launcher hands out the
+ * rest to Kafka consumer workers.  Shared memory is rebuilt from scratch
+ * after a crash restart; the launcher then re-creates the workers from the
+ * desired state kept in tables.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+
+IotShared  *iotpipe_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+iotpipe_shmem_size(void)
+{
+	return add_size(offsetof(IotShared, slots),
+					mul_size(sizeof(IotWorkerSlot), iotpipe_max_workers));
+}
+
+static void
+iotpipe_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+
+	RequestAddinShmemSpace(iotpipe_shmem_size());
+	RequestNamedLWLockTranche("iotpipe", 1);
+}
+
+static void
+iotpipe_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	iotpipe_shared = ShmemInitStruct("iotpipe", iotpipe_shmem_size(), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(iotpipe_shared, 0, iotpipe_shmem_size());
+		iotpipe_shared->lock = &(GetNamedLWLockTranche("iotpipe"))->lock;
+		iotpipe_shared->nslots = iotpipe_max_workers;
+		for (i = 0; i < iotpipe_max_workers; i++)
+		{
+			IotWorkerSlot *slot = &iotpipe_shared->slots[i];
+
+			pg_atomic_init_u64(&slot->messages, 0);
+			pg_atomic_init_u64(&slot->rows, 0);
+			pg_atomic_init_u64(&slot->rejected, 0);
+			pg_atomic_init_u64(&slot->batches, 0);
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+iotpipe_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = iotpipe_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = iotpipe_shmem_startup;
+}

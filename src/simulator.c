@@ -1,0 +1,409 @@
+/*-------------------------------------------------------------------------
+ *
+ * simulator.c
+ *	  The simulator worker (started by the launcher from the desired state
+ *	  in iotpipe.simulator) and iotpipe.simulate(), the same generator as a
+ *	  set-returning function.
+ *
+ *	  The worker paces itself against the clock: after t seconds it has
+ *	  produced rate x t readings (give or take one flush interval), in one
+ *	  transaction per tick of iotpipe.flush_interval.  With sink 'direct' each
+ *	  tick is one ingest-core batch; with sink 'kafka' the messages go to a
+ *	  topic, keyed by sensor_id.
+ *
+ *	  States: starting -> running <-> backoff (a failed batch is kept and
+ *	  retried, so nothing generated is lost) -> stopped.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+typedef struct SimConfig
+{
+	bool		enabled;
+	int			sensors;
+	double		rate;
+	int64		seed;
+	char		sink[16];
+	char		topic[256];
+	char		brokers[1024];
+	double		malformed_ratio;
+	TimestampTz start_ts;
+} SimConfig;
+
+static bool
+read_config(SimConfig *cfg)
+{
+	bool		ok = false;
+	int			ret;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "iotpipe simulator: reading settings");
+	ret = SPI_execute("SELECT enabled, sensors, rate, seed, sink, coalesce(topic, ''), "
+					  "coalesce(brokers, ''), malformed_ratio, start_ts "
+					  "FROM iotpipe.simulator", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *s;
+		Datum		d;
+
+		cfg->enabled = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+		cfg->sensors = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		cfg->rate = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
+		cfg->seed = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		s = SPI_getvalue(tup, desc, 5);
+		strlcpy(cfg->sink, s, sizeof(cfg->sink));
+		s = SPI_getvalue(tup, desc, 6);
+		strlcpy(cfg->topic, s, sizeof(cfg->topic));
+		s = SPI_getvalue(tup, desc, 7);
+		strlcpy(cfg->brokers, s, sizeof(cfg->brokers));
+		cfg->malformed_ratio = DatumGetFloat8(SPI_getbinval(tup, desc, 8, &isnull));
+		d = SPI_getbinval(tup, desc, 9, &isnull);
+		cfg->start_ts = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+		ok = true;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return ok;
+}
+
+static void
+sim_wait(long timeout_ms)
+{
+	int			rc;
+
+	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+				   timeout_ms, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/* write one batch in its own transaction; false (and state backoff) on failure */
+static bool
+flush_direct(IotBatch *batch, MemoryContext workcxt)
+{
+	uint64		acc = 0,
+				rej = 0;
+	int			n = iotpipe_batch_count(batch);
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, "iotpipe simulator: writing a batch");
+		iotpipe_batch_flush(batch, &acc, &rej);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(workcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		iotpipe_set_error("%s", edata->message);
+		iotpipe_set_state(IOT_STATE_BACKOFF, "batch failed; retrying");
+		ereport(LOG,
+				(errmsg("iotpipe simulator: could not write a batch of %d messages: %s",
+						n, edata->message),
+				 errdetail("The batch is kept and retried.")));
+		FreeErrorData(edata);
+		return false;
+	}
+	PG_END_TRY();
+
+	iotpipe_count(acc + rej, acc, rej);
+	return true;
+}
+
+void
+iotpipe_simulator_main(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	SimConfig	cfg;
+	SimGen	   *gen;
+	IotBatch   *batch;
+	IotProducer *producer = NULL;
+	MemoryContext workcxt;
+	StringInfoData msg;
+	IotSource	src = {.source = "simulator"};
+	TimestampTz started;
+	TimestampTz last_rate_at;
+	TimestampTz prev_tick;
+	uint64		emitted = 0;
+	int			backoff_ms = 500;
+	bool		pending = false;	/* a failed batch waits to be retried */
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
+
+	iotpipe_worker_attach(slotno, IOT_WORKER_SIMULATOR);
+	pgstat_report_appname("iotpipe simulator");
+
+	workcxt = AllocSetContextCreate(TopMemoryContext, "iotpipe simulator", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextSwitchTo(workcxt);
+
+	if (!read_config(&cfg) || !cfg.enabled)
+	{
+		iotpipe_set_state(IOT_STATE_STOPPED, "disabled");
+		proc_exit(0);
+	}
+	{
+		char		detail[IOTPIPE_ERRLEN];
+
+		snprintf(detail, sizeof(detail), "sensors=%d rate=%g seed=" INT64_FORMAT " sink=%s%s%s",
+				 cfg.sensors, cfg.rate, cfg.seed, cfg.sink,
+				 cfg.sink[0] == 'k' ? " topic=" : "", cfg.sink[0] == 'k' ? cfg.topic : "");
+		iotpipe_set_state(IOT_STATE_RUNNING, detail);
+	}
+	iotpipe_clear_error();
+	ereport(LOG,
+			(errmsg("iotpipe simulator started: %d sensors, %g readings/s, seed " INT64_FORMAT ", sink %s",
+					cfg.sensors, cfg.rate, cfg.seed, cfg.sink)));
+
+	gen = simgen_create(cfg.sensors, cfg.seed, cfg.malformed_ratio, cfg.start_ts,
+						cfg.rate > 0 ? 1.0 / cfg.rate : 0.001);
+	batch = iotpipe_batch_create(workcxt);
+	initStringInfo(&msg);
+
+	/* the kafka sink needs a producer; keep trying until it can be made */
+	while (strcmp(cfg.sink, "kafka") == 0 && producer == NULL &&
+		   !ShutdownRequestPending && !iotpipe_should_stop())
+	{
+		char		errbuf[512];
+
+		producer = iotpipe_producer_create(cfg.brokers, cfg.topic, errbuf, sizeof(errbuf));
+		if (producer == NULL)
+		{
+			iotpipe_set_error("kafka producer: %s", errbuf);
+			iotpipe_set_state(IOT_STATE_BACKOFF, "cannot create the kafka producer");
+			sim_wait(5000);
+		}
+	}
+
+	started = prev_tick = last_rate_at = GetCurrentTimestamp();
+	while (!ShutdownRequestPending && !iotpipe_should_stop())
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int64		due;
+		int			n,
+					i;
+
+		if (now - last_rate_at >= USECS_PER_SEC)
+		{
+			iotpipe_update_rate();
+			last_rate_at = now;
+		}
+
+		if (pending)
+		{
+			/* retry the failed batch before making new readings */
+			if (flush_direct(batch, workcxt))
+			{
+				pending = false;
+				backoff_ms = 500;
+				iotpipe_clear_error();
+				iotpipe_set_state(IOT_STATE_RUNNING, NULL);
+				iotpipe_batch_reset(batch);
+			}
+			else
+			{
+				sim_wait(backoff_ms);
+				backoff_ms = Min(backoff_ms * 2, 30000);
+			}
+			continue;
+		}
+
+		if (cfg.rate > 0)
+		{
+			double		elapsed = (double) (now - started) / USECS_PER_SEC;
+
+			due = (int64) floor(cfg.rate * elapsed) - (int64) emitted;
+			/* far behind (we cannot keep up): do not try to catch up forever */
+			if (due > Max((int64) iotpipe_batch_size, (int64) cfg.rate) * 2)
+			{
+				started = now - (int64) ((double) emitted / cfg.rate * USECS_PER_SEC);
+				due = iotpipe_batch_size;
+			}
+		}
+		else
+			due = iotpipe_batch_size;
+
+		if (due <= 0)
+		{
+			long		wait_ms;
+
+			/* sleep until the next reading is due, or a flush interval */
+			wait_ms = (long) ceil(((double) (emitted + 1) / cfg.rate -
+								   (double) (now - started) / USECS_PER_SEC) * 1000.0);
+			wait_ms = Max(1, Min(wait_ms, iotpipe_flush_interval_ms));
+			sim_wait(wait_ms);
+			continue;
+		}
+
+		n = (int) Min(due, (int64) iotpipe_batch_size);
+		for (i = 0; i < n; i++)
+		{
+			/* spread event times over the tick: no two readings of a sensor share one */
+			TimestampTz ts = prev_tick + (now - prev_tick) * (i + 1) / n;
+
+			resetStringInfo(&msg);
+			simgen_next(gen, &msg, ts);
+			if (producer)
+			{
+				const char *key = simgen_sensor_id(gen, simgen_sensor_of_last(gen));
+
+				while (!iotpipe_producer_send(producer, key, strlen(key), msg.data, msg.len))
+				{
+					char		errbuf[256];
+
+					(void) iotpipe_producer_poll(producer, 100, errbuf, sizeof(errbuf));
+					CHECK_FOR_INTERRUPTS();
+					if (ShutdownRequestPending)
+						break;
+				}
+			}
+			else
+				iotpipe_batch_add(batch, msg.data, msg.len, &src);
+		}
+		prev_tick = now;
+		emitted += n;
+
+		if (producer)
+		{
+			char		errbuf[256];
+			int			failed = iotpipe_producer_poll(producer, 0, errbuf, sizeof(errbuf));
+
+			if (failed > 0)
+			{
+				iotpipe_set_error("kafka delivery failed for %d messages: %s", failed, errbuf);
+				iotpipe_set_state(IOT_STATE_BACKOFF, "kafka deliveries failing");
+			}
+			else
+				iotpipe_set_state(IOT_STATE_RUNNING, NULL);
+			iotpipe_count(n, 0, 0);
+		}
+		else if (flush_direct(batch, workcxt))
+			iotpipe_batch_reset(batch);
+		else
+			pending = true;
+
+		if (cfg.rate == 0)
+		{
+			/* as fast as possible, but stay responsive */
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+		}
+	}
+
+	if (producer)
+	{
+		char		errbuf[256];
+
+		(void) iotpipe_producer_poll(producer, 5000, errbuf, sizeof(errbuf));
+		iotpipe_producer_destroy(producer);
+	}
+	ereport(LOG, (errmsg("iotpipe simulator stopping after " UINT64_FORMAT " readings", emitted)));
+	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
+	proc_exit(0);
+}
+
+/*
+ * iotpipe.simulate(sensors, readings, seed, start_ts, malformed_ratio)
+ */
+PG_FUNCTION_INFO_V1(iotpipe_simulate);
+Datum
+iotpipe_simulate(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32		sensors = PG_GETARG_INT32(0);
+	int64		readings = PG_GETARG_INT64(1);
+	int64		seed = PG_GETARG_INT64(2);
+	TimestampTz start_ts = PG_GETARG_TIMESTAMPTZ(3);
+	double		malformed = PG_GETARG_FLOAT8(4);
+	SimGen	   *gen;
+	StringInfoData buf;
+	int64		i;
+
+	if (sensors < 1 || sensors > 1000000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid number of sensors: %d", sensors),
+				 errhint("Use between 1 and 1000000 sensors.")));
+	if (readings < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid number of readings: " INT64_FORMAT, readings)));
+	if (!(malformed >= 0 && malformed <= 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid malformed_ratio: %g", malformed),
+				 errhint("Use a share between 0 and 1.")));
+	if (TIMESTAMP_NOT_FINITE(start_ts))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("start_ts must be finite")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	/* each sensor reports once a second of event time */
+	gen = simgen_create(sensors, seed, malformed, start_ts, 1.0 / sensors);
+	simgen_set_text_safe(gen, true);
+	initStringInfo(&buf);
+	for (i = 0; i < readings; i++)
+	{
+		Datum		value;
+		bool		isnull = false;
+
+		CHECK_FOR_INTERRUPTS();
+		resetStringInfo(&buf);
+		simgen_next(gen, &buf, 0);
+		value = PointerGetDatum(cstring_to_text_with_len(buf.data, buf.len));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &value, &isnull);
+		pfree(DatumGetPointer(value));
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,347 @@
+/*-------------------------------------------------------------------------
+ *
+ * status.c
+ *	  How workers publish what they do (state, counters, rate, last error)
+ *	  into their shared-memory slot, and iotpipe.worker_status(), the
+ *	  function behind the iotpipe.status view.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+int			iotpipe_my_slot = -1;
+static int	my_generation = 0;
+
+/* rate smoothing state, local to the owning worker */
+static TimestampTz rate_last_at = 0;
+static uint64 rate_last_messages = 0;
+
+const char *
+iotpipe_state_name(IotWorkerState state)
+{
+	switch (state)
+	{
+		case IOT_STATE_FREE:
+			return "free";
+		case IOT_STATE_STARTING:
+			return "starting";
+		case IOT_STATE_WAITING:
+			return "waiting";
+		case IOT_STATE_IDLE:
+			return "idle";
+		case IOT_STATE_RUNNING:
+			return "running";
+		case IOT_STATE_BACKOFF:
+			return "backoff";
+		case IOT_STATE_RECOVERY:
+			return "recovery";
+		case IOT_STATE_STOPPED:
+			return "stopped";
+	}
+	return "unknown";
+}
+
+IotWorkerSlot *
+iotpipe_slot(int slotno)
+{
+	Assert(iotpipe_shared != NULL);
+	if (slotno < 0 || slotno >= iotpipe_shared->nslots)
+		elog(ERROR, "iotpipe worker slot %d out of range", slotno);
+	return &iotpipe_shared->slots[slotno];
+}
+
+static void
+iotpipe_worker_detach(int code, Datum arg)
+{
+	IotWorkerSlot *slot = iotpipe_slot(DatumGetInt32(arg));
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->state = IOT_STATE_STOPPED;
+		slot->rate = 0;
+		if (code != 0 && slot->last_error[0] == '\0')
+			strlcpy(slot->last_error, "worker exited with an error", IOTPIPE_ERRLEN);
+	}
+	if (DatumGetInt32(arg) == IOT_SLOT_LAUNCHER)
+	{
+		iotpipe_shared->launcher_pid = 0;
+		iotpipe_shared->launcher_latch = NULL;
+	}
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+/*
+ * Claim a slot for the calling worker.  The slot keeps its counters across
+ * restarts of the worker by the launcher (they reset with shared memory).
+ */
+void
+iotpipe_worker_attach(int slotno, IotWorkerKind kind)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid != 0 && slot->pid != MyProcPid)
+	{
+		int			other = slot->pid;
+
+		LWLockRelease(iotpipe_shared->lock);
+		ereport(LOG,
+				(errmsg("iotpipe worker slot %d is already taken by PID %d, exiting", slotno, other)));
+		proc_exit(0);
+	}
+	slot->pid = MyProcPid;
+	slot->kind = kind;
+	slot->state = IOT_STATE_STARTING;
+	slot->started_at = GetCurrentTimestamp();
+	slot->last_activity = slot->started_at;
+	my_generation = slot->generation;
+	if (slotno == IOT_SLOT_LAUNCHER)
+	{
+		iotpipe_shared->launcher_pid = MyProcPid;
+		iotpipe_shared->launcher_latch = &MyProc->procLatch;
+	}
+	LWLockRelease(iotpipe_shared->lock);
+
+	iotpipe_my_slot = slotno;
+	rate_last_at = GetCurrentTimestamp();
+	rate_last_messages = pg_atomic_read_u64(&slot->messages);
+	before_shmem_exit(iotpipe_worker_detach, Int32GetDatum(slotno));
+}
+
+void
+iotpipe_set_state(IotWorkerState state, const char *detail)
+{
+	IotWorkerSlot *slot;
+
+	if (iotpipe_my_slot < 0)
+		return;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	slot->state = state;
+	if (detail)
+		strlcpy(slot->detail, detail, IOTPIPE_ERRLEN);
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_set_error(const char *fmt,...)
+{
+	IotWorkerSlot *slot;
+	char		buf[IOTPIPE_ERRLEN];
+	va_list		ap;
+
+	if (iotpipe_my_slot < 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->last_error, buf, IOTPIPE_ERRLEN);
+	slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_clear_error(void)
+{
+	IotWorkerSlot *slot;
+
+	if (iotpipe_my_slot < 0)
+		return;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	slot->last_error[0] = '\0';
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_count(uint64 messages, uint64 rows, uint64 rejected)
+{
+	IotWorkerSlot *slot;
+
+	if (iotpipe_my_slot < 0)
+		return;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	pg_atomic_fetch_add_u64(&slot->messages, messages);
+	pg_atomic_fetch_add_u64(&slot->rows, rows);
+	pg_atomic_fetch_add_u64(&slot->rejected, rejected);
+	pg_atomic_fetch_add_u64(&slot->batches, 1);
+	/* last_activity is a plain store of an aligned 8-byte value */
+	slot->last_activity = GetCurrentTimestamp();
+}
+
+/*
+ * Recompute the smoothed message rate; call it about once a second.
+ */
+void
+iotpipe_update_rate(void)
+{
+	IotWorkerSlot *slot;
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		msgs;
+	double		secs;
+	double		inst;
+
+	if (iotpipe_my_slot < 0)
+		return;
+	secs = (double) (now - rate_last_at) / USECS_PER_SEC;
+	if (secs < 0.5)
+		return;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	msgs = pg_atomic_read_u64(&slot->messages);
+	inst = (double) (msgs - rate_last_messages) / secs;
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	/* a short time constant (about 3 s) keeps it responsive but readable */
+	if (slot->rate == 0)
+		slot->rate = inst;
+	else
+		slot->rate = 0.6 * slot->rate + 0.4 * inst;
+	LWLockRelease(iotpipe_shared->lock);
+
+	rate_last_at = now;
+	rate_last_messages = msgs;
+}
+
+/*
+ * True when the launcher asked this worker to stop (it bumps the slot's
+ * generation) or the slot was taken over.
+ */
+bool
+iotpipe_should_stop(void)
+{
+	IotWorkerSlot *slot;
+	bool		stop;
+
+	if (iotpipe_my_slot < 0)
+		return false;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+	stop = (slot->generation != my_generation || slot->pid != MyProcPid);
+	LWLockRelease(iotpipe_shared->lock);
+	return stop;
+}
+
+void
+iotpipe_wake_launcher_now(void)
+{
+	if (iotpipe_shared == NULL)
+		return;
+	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+	if (iotpipe_shared->launcher_latch)
+		SetLatch(iotpipe_shared->launcher_latch);
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+PG_FUNCTION_INFO_V1(iotpipe_worker_status);
+Datum
+iotpipe_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	iotpipe_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < iotpipe_shared->nslots; i++)
+	{
+		IotWorkerSlot *slot = &iotpipe_shared->slots[i];
+		IotWorkerSlot copy;
+		Datum		values[15];
+		bool		nulls[15] = {0};
+		const char *kind;
+
+		LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+		memcpy(&copy, slot, offsetof(IotWorkerSlot, messages));
+		LWLockRelease(iotpipe_shared->lock);
+		if (copy.state == IOT_STATE_FREE)
+			continue;
+
+		kind = copy.kind == IOT_WORKER_LAUNCHER ? "launcher" :
+			copy.kind == IOT_WORKER_SIMULATOR ? "simulator" : "kafka";
+		values[0] = CStringGetTextDatum(copy.name);
+		values[1] = CStringGetTextDatum(kind);
+		if (copy.pid != 0)
+			values[2] = Int32GetDatum(copy.pid);
+		else
+			nulls[2] = true;
+		values[3] = CStringGetTextDatum(iotpipe_state_name(copy.state));
+		if (copy.started_at != 0)
+			values[4] = TimestampTzGetDatum(copy.started_at);
+		else
+			nulls[4] = true;
+		values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->messages));
+		values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->rows));
+		values[7] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->rejected));
+		values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->batches));
+		values[9] = Float8GetDatum(copy.rate);
+		if (copy.last_error[0])
+			values[10] = CStringGetTextDatum(copy.last_error);
+		else
+			nulls[10] = true;
+		if (copy.last_error_at != 0 && copy.last_error[0])
+			values[11] = TimestampTzGetDatum(copy.last_error_at);
+		else
+			nulls[11] = true;
+		if (copy.last_activity != 0)
+			values[12] = TimestampTzGetDatum(copy.last_activity);
+		else
+			nulls[12] = true;
+		values[13] = Int32GetDatum(copy.restarts);
+		if (copy.detail[0])
+			values[14] = CStringGetTextDatum(copy.detail);
+		else
+			nulls[14] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * Changes of desired state (simulator, sources) are only visible to the
+ * launcher once committed: wake it at commit, not before.
+ */
+static bool wake_at_commit = false;
+static bool wake_callback_registered = false;
+
+static void
+iotpipe_wake_xact_callback(XactEvent event, void *arg)
+{
+	if (!wake_at_commit)
+		return;
+	if (event == XACT_EVENT_COMMIT)
+	{
+		wake_at_commit = false;
+		iotpipe_wake_launcher_now();
+	}
+	else if (event == XACT_EVENT_ABORT)
+		wake_at_commit = false;
+}
+
+PG_FUNCTION_INFO_V1(iotpipe_wake_launcher);
+Datum
+iotpipe_wake_launcher(PG_FUNCTION_ARGS)
+{
+	iotpipe_require_preload();
+	if (!wake_callback_registered)
+	{
+		RegisterXactCallback(iotpipe_wake_xact_callback, NULL);
+		wake_callback_registered = true;
+	}
+	wake_at_commit = true;
+	PG_RETURN_VOID();
+}
