@@ -32,7 +32,6 @@ SHLIB_LINK  = -lrdkafka
 
 EXTRA_CLEAN = $(DATA_built)
 
-with_llvm = no
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 

@@ -269,15 +269,26 @@ iotpipe_simulator_main(Datum arg)
 		else
 			due = iotpipe_batch_size;
 
+		/*
+		 * One batch per flush interval: wait until the interval is over
+		 * unless a whole batch is already due.
+		 */
+		if (due < iotpipe_batch_size &&
+			now - prev_tick < (int64) iotpipe_flush_interval_ms * 1000)
+		{
+			long		wait_ms = (long) ((prev_tick + (int64) iotpipe_flush_interval_ms * 1000 - now + 999) / 1000);
+
+			sim_wait(Max(1, wait_ms));
+			continue;
+		}
 		if (due <= 0)
 		{
 			long		wait_ms;
 
-			/* sleep until the next reading is due, or a flush interval */
+			/* sleep until the next reading is due */
 			wait_ms = (long) ceil(((double) (emitted + 1) / cfg.rate -
 								   (double) (now - started) / USECS_PER_SEC) * 1000.0);
-			wait_ms = Max(1, Min(wait_ms, iotpipe_flush_interval_ms));
-			sim_wait(wait_ms);
+			sim_wait(Max(1, wait_ms));
 			continue;
 		}
 
@@ -388,7 +399,7 @@ iotpipe_simulate(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("start_ts must be finite")));
 
-	InitMaterializedSRF(fcinfo, 0);
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	/* each sensor reports once a second of event time */
 	gen = simgen_create(sensors, seed, malformed, start_ts, 1.0 / sensors);
 	simgen_set_text_safe(gen, true);

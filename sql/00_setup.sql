@@ -1,0 +1,13 @@
+-- Set-up for the regression suite: the extension in the preloaded database.
+CREATE EXTENSION IF NOT EXISTS iotpipe;
+SELECT extname, extversion FROM pg_extension WHERE extname = 'iotpipe';
+-- the launcher attaches (poll with a deadline of 20 s)
+DO $$
+BEGIN
+  FOR i IN 1..200 LOOP
+    EXIT WHEN EXISTS (SELECT FROM iotpipe.status WHERE kind = 'launcher' AND state = 'running');
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT worker, kind, state FROM iotpipe.status WHERE kind = 'launcher';
+SHOW iotpipe.database;
