@@ -103,6 +103,8 @@ typedef struct IotShared
 	LWLock	   *lock;
 	int			launcher_pid;
 	Latch	   *launcher_latch;
+	pg_atomic_uint64 rules_version;	/* bumped on any change of alert rules/silences */
+	pg_atomic_uint64 spare[7];	/* room for more counters without a layout change */
 	int			nslots;
 	IotWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } IotShared;

@@ -60,6 +60,9 @@ iotpipe_shmem_startup(void)
 		memset(iotpipe_shared, 0, iotpipe_shmem_size());
 		iotpipe_shared->lock = &(GetNamedLWLockTranche("iotpipe"))->lock;
 		iotpipe_shared->nslots = iotpipe_max_workers;
+		pg_atomic_init_u64(&iotpipe_shared->rules_version, 1);
+		for (i = 0; i < lengthof(iotpipe_shared->spare); i++)
+			pg_atomic_init_u64(&iotpipe_shared->spare[i], 0);
 		for (i = 0; i < iotpipe_max_workers; i++)
 		{
 			IotWorkerSlot *slot = &iotpipe_shared->slots[i];
