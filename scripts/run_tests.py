@@ -32,7 +32,18 @@ def sh(args, **kw):
 
 def start_cluster():
     sh([os.path.join(ROOT, "scripts/pgcluster.sh"), "start", DIR, PORT, DB], check=True)
-    psql = [os.path.join(PGBIN, "psql"), "-h", DIR, "-p", PORT, "-U", "postgres", "-d", DB, "-qX"]
+    psql = [
+        os.path.join(PGBIN, "psql"),
+        "-h",
+        DIR,
+        "-p",
+        PORT,
+        "-U",
+        "postgres",
+        "-d",
+        DB,
+        "-qX",
+    ]
     sh(psql + ["-c", "CREATE EXTENSION IF NOT EXISTS pgtap"], check=True)
 
 
@@ -41,13 +52,27 @@ def stop_cluster():
 
 
 def run_regress():
-    tests = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(ROOT, "sql", "*.sql")))
+    tests = sorted(
+        os.path.splitext(os.path.basename(p))[0]
+        for p in glob.glob(os.path.join(ROOT, "sql", "*.sql"))
+    )
     if not tests:
         return 0, 0
     out = sh(
-        [PG_REGRESS, "--inputdir=.", "--use-existing", f"--dbname={DB}", f"--host={DIR}", f"--port={PORT}",
-         "--user=postgres", f"--bindir={PGBIN}"] + tests,
-        capture_output=True, text=True)
+        [
+            PG_REGRESS,
+            "--inputdir=.",
+            "--use-existing",
+            f"--dbname={DB}",
+            f"--host={DIR}",
+            f"--port={PORT}",
+            "--user=postgres",
+            f"--bindir={PGBIN}",
+        ]
+        + tests,
+        capture_output=True,
+        text=True,
+    )
     text = out.stdout + out.stderr
     print(text)
     passed = len(re.findall(r"^(?:ok|test) .*\.\.\. ok|^ok \d+\s", text, re.M))
@@ -64,8 +89,11 @@ def run_pgtap():
     files = sorted(glob.glob(os.path.join(ROOT, "test", "pgtap", "*.sql")))
     if not files:
         return 0, 0
-    out = sh(["pg_prove", "-v", "-h", DIR, "-p", PORT, "-U", "postgres", "-d", DB] + files,
-             capture_output=True, text=True)
+    out = sh(
+        ["pg_prove", "-v", "-h", DIR, "-p", PORT, "-U", "postgres", "-d", DB] + files,
+        capture_output=True,
+        text=True,
+    )
     text = out.stdout + out.stderr
     print(text)
     passed = len(re.findall(r"^ok \d+", text, re.M))
@@ -79,8 +107,17 @@ def run_integration(expr):
     if not glob.glob(os.path.join(ROOT, "test", "integration", "test_*.py")):
         return 0, 0
     junit = os.path.join(DIR, "junit.xml")
-    args = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
-            f"--junitxml={junit}", "test/integration"]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-rfE",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        "test/integration",
+    ]
     if expr:
         args += ["-k", expr]
     out = sh(args)
@@ -88,7 +125,10 @@ def run_integration(expr):
     if os.path.exists(junit):
         with open(junit) as f:
             x = f.read()
-        m = re.search(r'<testsuite [^>]*errors="(\d+)" failures="(\d+)" skipped="(\d+)" tests="(\d+)"', x)
+        m = re.search(
+            r'<testsuite [^>]*errors="(\d+)" failures="(\d+)" skipped="(\d+)" tests="(\d+)"',
+            x,
+        )
         if m:
             errors, failures, skipped, tests = map(int, m.groups())
             failed = errors + failures + skipped  # a skipped test is not a pass
@@ -100,7 +140,9 @@ def run_integration(expr):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", action="append", choices=["regress", "pgtap", "integration"])
+    ap.add_argument(
+        "--suite", action="append", choices=["regress", "pgtap", "integration"]
+    )
     ap.add_argument("-k", dest="expr")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     a = ap.parse_args()

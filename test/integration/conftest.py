@@ -41,24 +41,33 @@ def poll(fn, timeout=30.0, interval=0.1, what="condition"):
     while time.monotonic() < deadline:
         try:
             last = fn()
-        except (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError) as e:
+        except (
+            psycopg.OperationalError,
+            psycopg.errors.AdminShutdown,
+            psycopg.InterfaceError,
+        ) as e:
             last = e
         else:
             if last:
                 return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what}; last value: {last!r}"
+    )
 
 
 def wait_ready(timeout=60):
     def ok():
         with connect() as c:
             return c.execute("SELECT 1").fetchone()[0] == 1
+
     poll(ok, timeout, 0.2, "the server to accept connections")
 
 
 def restart_server(mode="fast"):
-    subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "restart", DIR, mode], check=True)
+    subprocess.run(
+        [os.path.join(ROOT, "scripts/pgcluster.sh"), "restart", DIR, mode], check=True
+    )
     wait_ready()
 
 
@@ -77,9 +86,18 @@ def db():
 def kafka():
     from kafka_harness import KafkaBroker  # test/kafka/kafka_harness.py
 
-    broker = KafkaBroker(os.path.join(DIR, "kafka"), int(os.environ.get("IOTPIPE_KAFKA_PORT", "19092")))
+    broker = KafkaBroker(
+        os.path.join(DIR, "kafka"), int(os.environ.get("IOTPIPE_KAFKA_PORT", "19092"))
+    )
     broker.start()
     try:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def extension():
+    """The suite may run without pg_regress first: make sure iotpipe exists."""
+    with connect() as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
