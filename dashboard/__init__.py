@@ -1,0 +1,1 @@
+"""iotpipe dashboard: Streamlit pages, the SQL they run, and the PDF report."""

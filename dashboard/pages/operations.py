@@ -1,0 +1,369 @@
+"""Operations: live KPIs, sensors, a live chart with rule bands and alert markers, the alert feed."""
+
+import datetime as dt
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import queries as q
+from dashboard import ui
+
+st.title("Operations")
+c = ui.page_guard()
+
+SEVERITY_COLORS = {"critical": "#d1242f", "warning": "#d4a72c", "info": "#1f6feb"}
+SEVERITY_ICONS = {
+    "critical": ":red_circle:",
+    "warning": ":large_orange_circle:",
+    "info": ":large_blue_circle:",
+}
+
+
+def stale_s() -> float:
+    return float(st.session_state.get("stale_s") or 30)
+
+
+@st.fragment(run_every=ui.LIVE_REFRESH_S)
+def kpi_tiles():
+    with ui.section("the KPIs"):
+        c = ui.conn()
+        k = q.kpis(c, stale_s())
+        try:
+            ui.rate_sampler().add(q.total_readings(c), k["readings_per_s"])
+        except Exception:  # noqa: BLE001 - the sampler is best effort
+            pass
+        cols = st.columns(6)
+        cols[0].metric(
+            "Sensors online", f"{k['sensors_online']} / {k['sensors_total']}"
+        )
+        cols[1].metric("Critical alerts", k["firing"]["critical"])
+        cols[2].metric("Warning alerts", k["firing"]["warning"])
+        cols[3].metric("Info alerts", k["firing"]["info"])
+        cols[4].metric("Readings/s", f"{k['readings_per_s']:,.0f}")
+        cols[5].metric("Since last reading", ui.fmt_age(k["secs_since_last"]))
+
+
+@st.fragment(run_every=ui.LIVE_REFRESH_S)
+def sensor_table(location):
+    with ui.section("the sensor table"):
+        df = q.sensor_table(ui.conn(), location=location, stale_s=stale_s())
+        if df.empty:
+            st.info("No sensors yet: nothing has been ingested.")
+            return
+        df["trend"] = df["trend"].apply(lambda v: list(v) if v is not None else [])
+        st.dataframe(
+            df[
+                [
+                    "sensor_id",
+                    "location",
+                    "status",
+                    "last_seen",
+                    "temperature",
+                    "humidity",
+                    "trend",
+                    "readings_total",
+                ]
+            ],
+            hide_index=True,
+            width="stretch",
+            height=min(38 + 35 * len(df), 420),
+            column_config={
+                "sensor_id": st.column_config.TextColumn("Sensor"),
+                "location": st.column_config.TextColumn("Location"),
+                "status": st.column_config.TextColumn("Status"),
+                "last_seen": st.column_config.DatetimeColumn(
+                    "Last seen (UTC)", format="YYYY-MM-DD HH:mm:ss"
+                ),
+                "temperature": st.column_config.NumberColumn(
+                    "Temperature °C", format="%.2f"
+                ),
+                "humidity": st.column_config.NumberColumn(
+                    "Humidity %RH", format="%.1f"
+                ),
+                "trend": st.column_config.LineChartColumn("Temperature, last readings"),
+                "readings_total": st.column_config.NumberColumn(
+                    "Readings", format="%d"
+                ),
+            },
+        )
+        if len(df) >= 200:
+            st.caption(
+                "Showing 200 sensors (stale first). Pick a location to narrow the list."
+            )
+
+
+def _bands(rules: pd.DataFrame, y_min: float, y_max: float) -> pd.DataFrame:
+    """Breach region of each threshold rule as a band from the threshold to the chart's edge."""
+    rows = []
+    for _, r in rules.iterrows():
+        lo, hi = (
+            (r["threshold"], max(y_max, r["threshold"]))
+            if r["op"] == ">"
+            else (min(y_min, r["threshold"]), r["threshold"])
+        )
+        rows.append(
+            {
+                "rule": f"{r['name']} ({r['op']} {r['threshold']:g})",
+                "severity": r["severity"],
+                "lo": lo,
+                "hi": hi,
+                "threshold": r["threshold"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@st.fragment(run_every=ui.LIVE_REFRESH_S)
+def live_chart(mode, target, metric, window_s):
+    with ui.section("the live chart"):
+        c = ui.conn()
+        if mode == "Sensor":
+            data = q.sensor_series(c, target, window_s=window_s)
+            sensor, location = target, None
+            if not data.empty:
+                loc = q.query_one(
+                    c,
+                    "SELECT location FROM iotpipe.sensors WHERE sensor_id = %s",
+                    (target,),
+                )
+                location = loc[0] if loc else None
+        else:
+            data = q.location_series(
+                c, target, window_s=window_s, bucket_s=max(1.0, window_s / 120)
+            )
+            sensor, location = None, target
+        if data.empty:
+            st.info(f"No readings for {mode.lower()} {target} yet.")
+            return
+        data["ts"] = pd.to_datetime(data["ts"], utc=True)
+        values = data[metric].dropna()
+        y_min, y_max = (
+            (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+        )
+        rules = q.chart_rules(c, metric, sensor, location)
+        since = data["ts"].min().to_pydatetime()
+        alerts = q.chart_alerts(c, since, sensor, location)
+        if not rules.empty:
+            y_min = min(y_min, float(rules["threshold"].min()))
+            y_max = max(y_max, float(rules["threshold"].max()))
+        pad = max(1.0, (y_max - y_min) * 0.1)
+        y_scale = alt.Scale(domain=[y_min - pad, y_max + pad], nice=False)
+        unit = "°C" if metric == "temperature" else "%RH"
+        color = alt.Color(
+            "sensor_id:N",
+            legend=alt.Legend(title="Sensor") if mode == "Location" else None,
+        )
+        line = (
+            alt.Chart(data)
+            .mark_line(strokeWidth=1.5)
+            .encode(
+                x=alt.X("ts:T", title="time (UTC)"),
+                y=alt.Y(f"{metric}:Q", title=f"{metric} {unit}", scale=y_scale),
+                color=color,
+                tooltip=["sensor_id", "ts:T", alt.Tooltip(f"{metric}:Q", format=".2f")],
+            )
+        )
+        layers = []
+        if not rules.empty:
+            bands = _bands(rules, y_min - pad, y_max + pad)
+            sev_scale = alt.Scale(
+                domain=list(SEVERITY_COLORS), range=list(SEVERITY_COLORS.values())
+            )
+            layers.append(
+                alt.Chart(bands)
+                .mark_rect(opacity=0.12)
+                .encode(
+                    y=alt.Y("lo:Q", scale=y_scale),
+                    y2="hi:Q",
+                    fill=alt.Fill(
+                        "severity:N",
+                        scale=sev_scale,
+                        legend=alt.Legend(title="Rule severity"),
+                    ),
+                    tooltip=["rule", "severity"],
+                )
+            )
+            layers.append(
+                alt.Chart(bands)
+                .mark_rule(strokeDash=[4, 3])
+                .encode(
+                    y=alt.Y("threshold:Q", scale=y_scale),
+                    color=alt.Color("severity:N", scale=sev_scale, legend=None),
+                    tooltip=["rule"],
+                )
+            )
+        layers.append(line)
+        if not alerts.empty:
+            alerts["started_at"] = pd.to_datetime(alerts["started_at"], utc=True)
+            alerts = alerts[alerts["metric"].isna() | (alerts["metric"] == metric)]
+            sev_scale = alt.Scale(
+                domain=list(SEVERITY_COLORS), range=list(SEVERITY_COLORS.values())
+            )
+            layers.append(
+                alt.Chart(alerts)
+                .mark_point(shape="triangle-up", size=120, filled=True)
+                .encode(
+                    x="started_at:T",
+                    y=alt.Y("value:Q", scale=y_scale),
+                    color=alt.Color("severity:N", scale=sev_scale, legend=None),
+                    tooltip=[
+                        "alert_id",
+                        "rule",
+                        "sensor_id",
+                        "severity",
+                        "state",
+                        "value",
+                        "started_at:T",
+                    ],
+                )
+            )
+        st.altair_chart(alt.layer(*layers).properties(height=320), width="stretch")
+        st.caption(
+            f"{len(data)} points over the last {window_s:g} s of event time; "
+            f"{len(rules)} threshold rule(s) drawn as bands, {len(alerts)} alert(s) marked ▲."
+        )
+
+
+def _toast_new(alerts):
+    toasted = st.session_state.setdefault("_toasted", set())
+    for a in alerts:
+        aid = a.get("alert_id")
+        if (
+            a.get("severity") == "critical"
+            and a.get("state", "firing") == "firing"
+            and aid not in toasted
+        ):
+            toasted.add(aid)
+            st.toast(
+                f"Critical alert #{aid}: {a.get('rule') or 'rule ' + str(a.get('rule_id'))} on "
+                f"{a.get('sensor_id')} (value {a.get('value')})",
+                icon=":material/warning:",
+            )
+
+
+@st.fragment(run_every=ui.FEED_REFRESH_S)
+def alert_feed():
+    with ui.section("the alert feed"):
+        c = ui.conn()
+        listener = ui.alert_listener()
+        notes = listener.drain() if listener else []
+        ss = st.session_state
+        first = "_feed_max_id" not in ss
+        if first:
+            ss["_feed_max_id"] = q.max_alert_id(c)
+            ss["_feed_at"] = 0.0
+        now = dt.datetime.now().timestamp()
+        listening = bool(listener and listener.connected)
+        if notes:
+            _toast_new(notes)
+        # Without a live LISTEN connection, fall back to polling for new alerts.
+        if not listening:
+            new = q.alerts_after(c, ss["_feed_max_id"])
+            if not new.empty:
+                ss["_feed_max_id"] = int(new["alert_id"].max())
+                _toast_new(new.to_dict("records"))
+                notes = notes or [{}]
+        if (
+            notes
+            or ss.get("_feed_dirty")
+            or now - ss["_feed_at"] >= ui.FEED_POLL_S
+            or "_feed_df" not in ss
+        ):
+            ss["_feed_df"] = q.alert_feed(c, limit=30)
+            ss["_feed_at"] = now
+            ss["_feed_dirty"] = False
+            if not ss["_feed_df"].empty:
+                ss["_feed_max_id"] = max(
+                    ss["_feed_max_id"], int(ss["_feed_df"]["alert_id"].max())
+                )
+        df = ss["_feed_df"]
+        if listening:
+            st.caption(
+                f":green[●] live: LISTEN iotpipe_alerts ({listener.received} notifications received)"
+            )
+        else:
+            err = listener.error if listener else "no listener"
+            st.caption(
+                f":orange[●] polling every {ui.FEED_REFRESH_S} s (LISTEN not connected: {err})"
+            )
+        if df.empty:
+            st.info("No alerts yet.")
+            return
+        for row in df.itertuples():
+            cols = st.columns([0.6, 5, 1.4])
+            cols[0].markdown(SEVERITY_ICONS.get(row.severity, ""))
+            when = pd.Timestamp(row.started_at).strftime("%H:%M:%S")
+            state = (
+                "**FIRING**"
+                if row.state == "firing"
+                else f"resolved {pd.Timestamp(row.resolved_at):%H:%M:%S}"
+            )
+            val = "" if pd.isna(row.value) else f" = {row.value:.2f}"
+            rule = row.rule if isinstance(row.rule, str) else f"rule {row.rule_id}"
+            acked = (
+                f" · acked by {row.acked_by} at {pd.Timestamp(row.acked_at):%H:%M:%S}"
+                if not pd.isna(row.acked_at)
+                else ""
+            )
+            cols[1].markdown(
+                f"#{row.alert_id} {row.severity} · **{rule}** · {row.sensor_id}"
+                f"{(' · ' + str(row.metric) + val) if isinstance(row.metric, str) else val}"
+                f" · {state} since {when}{acked}"
+            )
+            if pd.isna(row.acked_at):
+                if cols[2].button(f"Ack #{row.alert_id}", key=f"ack-{row.alert_id}"):
+                    how = q.ack_alert(
+                        c, row.alert_id, st.session_state.get("ack_as") or "operator"
+                    )
+                    ss["_feed_dirty"] = True
+                    st.toast(
+                        f"Alert #{row.alert_id} acknowledged"
+                        + (" (direct update)" if how == "update" else "")
+                    )
+                    st.rerun(scope="fragment")
+
+
+kpi_tiles()
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Sensors")
+    try:
+        locs = q.locations(c)
+    except Exception:  # noqa: BLE001 - shown by the sections below
+        locs = []
+    location = st.selectbox("Location", ["All locations"] + locs, key="ops_location")
+    location = None if location == "All locations" else location
+    sensor_table(location)
+
+    st.subheader("Live chart")
+    cc = st.columns([1, 2, 1, 1])
+    mode = cc[0].radio(
+        "Chart by", ["Sensor", "Location"], horizontal=True, key="chart_mode"
+    )
+    if mode == "Sensor":
+        try:
+            options = q.sensor_ids(c, location)
+        except Exception:  # noqa: BLE001
+            options = []
+    else:
+        options = [location] if location else locs
+    target = (
+        cc[1].selectbox(mode, options, key=f"chart_target_{mode}") if options else None
+    )
+    metric = cc[2].radio("Metric", ["temperature", "humidity"], key="chart_metric")
+    window_s = cc[3].selectbox(
+        "Window",
+        [60, 300, 900],
+        index=1,
+        format_func=lambda s: f"{s // 60} min",
+        key="chart_window",
+    )
+    if target:
+        live_chart(mode, target, metric, float(window_s))
+    else:
+        st.info("No sensors to chart yet.")
+with right:
+    st.subheader("Alert feed")
+    alert_feed()

@@ -1,0 +1,585 @@
+"""Every SQL statement the dashboard, the PDF report and the benchmark run.
+
+Rules that keep each page under a second with tens of millions of raw rows:
+- the latest state of a sensor comes from iotpipe.sensors, never from the raw table;
+- raw readings are only read per sensor through the (sensor_id, ts) index, over a short
+  window ending at the sensor's own last_seen (LATERAL joins from iotpipe.sensors);
+- history comes from the warehouse (iotpipe_dw.fact_sensor_hourly);
+- alerts and dead letters are read through their primary keys / time indexes, with LIMITs.
+
+Each function takes an open psycopg connection and returns a pandas DataFrame (or a
+scalar); errors propagate, the pages turn them into messages (dashboard.ui).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import psycopg
+from psycopg import errors as pgerr
+
+from dashboard.db import query_df, query_one
+
+# ---------------------------------------------------------------------------
+# Operations
+# ---------------------------------------------------------------------------
+
+KPI_SENSORS = """
+SELECT count(*) AS total,
+       count(*) FILTER (WHERE last_ingested_at > now() - make_interval(secs => %(stale_s)s)) AS online,
+       extract(epoch FROM now() - max(last_ingested_at))::float8 AS secs_since_last,
+       max(last_seen) AS last_seen
+  FROM iotpipe.sensors
+"""
+
+KPI_FIRING = """
+SELECT severity, count(*) AS firing
+  FROM iotpipe.alerts
+ WHERE state = 'firing'
+ GROUP BY severity
+"""
+
+KPI_RATE = """
+SELECT coalesce(sum(rate) FILTER (WHERE kind IS DISTINCT FROM 'launcher'), 0)::float8 AS per_s,
+       count(*) FILTER (WHERE kind IS DISTINCT FROM 'launcher') AS ingest_workers
+  FROM iotpipe.status
+"""
+
+# Cumulative counter sampled by the dashboard for "ingest rate over time".
+TOTAL_READINGS = (
+    "SELECT coalesce(sum(readings_total), 0)::bigint AS total FROM iotpipe.sensors"
+)
+
+LOCATIONS = "SELECT DISTINCT location FROM iotpipe.sensors WHERE location IS NOT NULL ORDER BY 1"
+
+SENSOR_IDS = """
+SELECT sensor_id FROM iotpipe.sensors
+ WHERE %(location)s::text IS NULL OR location = %(location)s
+ ORDER BY sensor_id LIMIT %(limit)s
+"""
+
+SENSOR_TABLE = """
+SELECT s.sensor_id, s.location, s.last_seen, s.last_ingested_at,
+       CASE WHEN s.last_ingested_at > now() - make_interval(secs => %(stale_s)s)
+            THEN 'online' ELSE 'stale' END AS status,
+       s.last_temperature AS temperature, s.last_humidity AS humidity, s.readings_total,
+       spark.temps AS trend
+  FROM iotpipe.sensors s
+  LEFT JOIN LATERAL (
+        SELECT array_agg(x.temperature ORDER BY x.ts) AS temps
+          FROM (SELECT r.ts, r.temperature
+                  FROM iotpipe.readings r
+                 WHERE r.sensor_id = s.sensor_id
+                   AND r.ts > s.last_seen - make_interval(secs => %(spark_s)s)
+                   AND r.ts <= s.last_seen
+                 ORDER BY r.ts DESC
+                 LIMIT %(spark_n)s) x) spark ON true
+ WHERE %(location)s::text IS NULL OR s.location = %(location)s
+ ORDER BY (s.last_ingested_at > now() - make_interval(secs => %(stale_s)s)), s.sensor_id
+ LIMIT %(limit)s
+"""
+
+SENSOR_SERIES = """
+SELECT x.sensor_id, x.ts, x.temperature, x.humidity
+  FROM (SELECT r.sensor_id, r.ts, r.temperature, r.humidity
+          FROM iotpipe.readings r
+         WHERE r.sensor_id = %(sensor)s
+           AND r.ts > (SELECT last_seen FROM iotpipe.sensors WHERE sensor_id = %(sensor)s)
+                      - make_interval(secs => %(window_s)s)
+         ORDER BY r.ts DESC
+         LIMIT %(max_points)s) x
+ ORDER BY x.ts
+"""
+
+LOCATION_SERIES = """
+WITH anchor AS (
+    SELECT max(last_seen) AS t FROM iotpipe.sensors WHERE location = %(location)s
+)
+SELECT s.sensor_id,
+       to_timestamp(floor(extract(epoch FROM r.ts) / %(bucket_s)s) * %(bucket_s)s) AS ts,
+       avg(r.temperature) AS temperature, avg(r.humidity) AS humidity
+  FROM iotpipe.sensors s
+ CROSS JOIN anchor
+ CROSS JOIN LATERAL (
+        SELECT r.ts, r.temperature, r.humidity
+          FROM iotpipe.readings r
+         WHERE r.sensor_id = s.sensor_id
+           AND r.ts > anchor.t - make_interval(secs => %(window_s)s)) r
+ WHERE s.location = %(location)s
+ GROUP BY 1, 2
+ ORDER BY 2, 1
+"""
+
+# Threshold rules that apply to a sensor (sensor given) or to a location's sensors.
+CHART_RULES = """
+SELECT r.rule_id, r.name, r.kind, r.metric, r.op, r.threshold,
+       coalesce(r.clear_threshold, r.threshold) AS clear_threshold, r.severity,
+       r.sensor_id, r.location
+  FROM iotpipe.alert_rules r
+ WHERE r.enabled AND r.kind = 'threshold' AND r.metric = %(metric)s
+   AND (r.location IS NULL OR r.location = %(location)s)
+   AND (r.sensor_id IS NULL
+        OR r.sensor_id = %(sensor)s
+        OR (%(sensor)s::text IS NULL
+            AND r.sensor_id IN (SELECT sensor_id FROM iotpipe.sensors WHERE location = %(location)s)))
+ ORDER BY r.threshold
+"""
+
+CHART_ALERTS = """
+SELECT a.alert_id, a.sensor_id, a.severity, a.state, a.value, a.started_at, a.resolved_at,
+       r.name AS rule, r.metric
+  FROM iotpipe.alerts a
+  JOIN iotpipe.alert_rules r USING (rule_id)
+ WHERE a.started_at >= %(since)s
+   AND (a.sensor_id = %(sensor)s
+        OR (%(sensor)s::text IS NULL
+            AND a.sensor_id IN (SELECT sensor_id FROM iotpipe.sensors WHERE location = %(location)s)))
+ ORDER BY a.started_at
+ LIMIT 500
+"""
+
+_ALERT_COLS = """a.alert_id, a.rule_id, r.name AS rule, a.sensor_id, a.severity, a.state, a.value,
+       r.metric, r.op, r.threshold, a.started_at, a.resolved_at, a.acked_at, a.acked_by"""
+
+ALERT_FEED = f"""
+WITH firing AS (
+    SELECT alert_id FROM iotpipe.alerts WHERE state = 'firing' ORDER BY alert_id DESC LIMIT %(limit)s
+), recent AS (
+    SELECT alert_id FROM iotpipe.alerts ORDER BY alert_id DESC LIMIT %(limit)s
+), ids AS (
+    SELECT alert_id FROM firing UNION SELECT alert_id FROM recent
+)
+SELECT {_ALERT_COLS}
+  FROM ids
+  JOIN iotpipe.alerts a USING (alert_id)
+  LEFT JOIN iotpipe.alert_rules r ON r.rule_id = a.rule_id
+ ORDER BY (a.state = 'firing') DESC, a.alert_id DESC
+ LIMIT %(limit)s
+"""
+
+ALERTS_AFTER = f"""
+SELECT {_ALERT_COLS}
+  FROM iotpipe.alerts a
+  LEFT JOIN iotpipe.alert_rules r ON r.rule_id = a.rule_id
+ WHERE a.alert_id > %(after)s
+ ORDER BY a.alert_id
+ LIMIT 200
+"""
+
+MAX_ALERT_ID = "SELECT coalesce(max(alert_id), 0) FROM iotpipe.alerts"
+
+ACK_ALERT = "SELECT iotpipe.ack_alert(%(alert_id)s, %(acked_by)s)"
+# Fallback while iotpipe.ack_alert() does not exist (needs UPDATE on the two columns).
+ACK_ALERT_FALLBACK = """
+UPDATE iotpipe.alerts SET acked_at = now(), acked_by = %(acked_by)s
+ WHERE alert_id = %(alert_id)s AND acked_at IS NULL
+"""
+
+
+def kpis(conn: psycopg.Connection, stale_s: float = 60.0) -> dict:
+    """Operations KPI tiles: sensors online/total, firing alerts by severity, readings/s, age."""
+    s = query_df(conn, KPI_SENSORS, {"stale_s": stale_s}).iloc[0]
+    out = {
+        "sensors_total": int(s["total"]),
+        "sensors_online": int(s["online"]),
+        "secs_since_last": None
+        if pd.isna(s["secs_since_last"])
+        else float(s["secs_since_last"]),
+        "last_seen": s["last_seen"],
+    }
+    firing = query_df(conn, KPI_FIRING)
+    counts = {sev: 0 for sev in ("critical", "warning", "info")}
+    for _, row in firing.iterrows():
+        counts[row["severity"]] = int(row["firing"])
+    out["firing"] = counts
+    rate = query_df(conn, KPI_RATE).iloc[0]
+    out["readings_per_s"] = float(rate["per_s"])
+    return out
+
+
+def total_readings(conn) -> int:
+    return int(query_one(conn, TOTAL_READINGS)[0])
+
+
+def locations(conn) -> list[str]:
+    return list(query_df(conn, LOCATIONS)["location"])
+
+
+def sensor_ids(conn, location: str | None = None, limit: int = 5000) -> list[str]:
+    return list(
+        query_df(conn, SENSOR_IDS, {"location": location, "limit": limit})["sensor_id"]
+    )
+
+
+def sensor_table(
+    conn,
+    location: str | None = None,
+    stale_s: float = 60.0,
+    limit: int = 200,
+    spark_s: float = 120.0,
+    spark_n: int = 30,
+) -> pd.DataFrame:
+    return query_df(
+        conn,
+        SENSOR_TABLE,
+        {
+            "location": location,
+            "stale_s": stale_s,
+            "limit": limit,
+            "spark_s": spark_s,
+            "spark_n": spark_n,
+        },
+    )
+
+
+def sensor_series(
+    conn, sensor: str, window_s: float = 300.0, max_points: int = 5000
+) -> pd.DataFrame:
+    return query_df(
+        conn,
+        SENSOR_SERIES,
+        {"sensor": sensor, "window_s": window_s, "max_points": max_points},
+    )
+
+
+def location_series(
+    conn, location: str, window_s: float = 300.0, bucket_s: float = 5.0
+) -> pd.DataFrame:
+    return query_df(
+        conn,
+        LOCATION_SERIES,
+        {"location": location, "window_s": window_s, "bucket_s": bucket_s},
+    )
+
+
+def chart_rules(
+    conn, metric: str, sensor: str | None, location: str | None
+) -> pd.DataFrame:
+    return query_df(
+        conn, CHART_RULES, {"metric": metric, "sensor": sensor, "location": location}
+    )
+
+
+def chart_alerts(conn, since, sensor: str | None, location: str | None) -> pd.DataFrame:
+    return query_df(
+        conn, CHART_ALERTS, {"since": since, "sensor": sensor, "location": location}
+    )
+
+
+def alert_feed(conn, limit: int = 50) -> pd.DataFrame:
+    return query_df(conn, ALERT_FEED, {"limit": limit})
+
+
+def alerts_after(conn, after: int) -> pd.DataFrame:
+    return query_df(conn, ALERTS_AFTER, {"after": after})
+
+
+def max_alert_id(conn) -> int:
+    return int(query_one(conn, MAX_ALERT_ID)[0])
+
+
+def ack_alert(conn, alert_id: int, acked_by: str) -> str:
+    """Acknowledge an alert through iotpipe.ack_alert(); returns which path was used.
+
+    While the alert engine's ack_alert() is not installed, fall back to a direct UPDATE
+    (works only for roles holding UPDATE on iotpipe.alerts)."""
+    try:
+        conn.execute(ACK_ALERT, {"alert_id": int(alert_id), "acked_by": acked_by})
+        return "ack_alert"
+    except pgerr.UndefinedFunction:
+        if not conn.autocommit:
+            conn.rollback()
+        conn.execute(
+            ACK_ALERT_FALLBACK, {"alert_id": int(alert_id), "acked_by": acked_by}
+        )
+        return "update"
+
+
+# ---------------------------------------------------------------------------
+# System
+# ---------------------------------------------------------------------------
+
+WORKERS = """
+SELECT worker, kind, pid, state, started_at, messages, rows, rejected, rate,
+       last_error, last_error_at, last_activity, restarts, detail
+  FROM iotpipe.status
+ ORDER BY worker
+"""
+
+# The Kafka lag view is defined by the Kafka module; try the names it may carry.
+KAFKA_LAG_VIEWS = (
+    "iotpipe.kafka_lag",
+    "iotpipe.kafka_partition_lag",
+    "iotpipe.kafka_status",
+)
+KAFKA_OFFSETS = "SELECT topic, partition, next_offset, updated_at FROM iotpipe.kafka_offsets ORDER BY 1, 2"
+
+ETL_RUNS = "SELECT * FROM iotpipe.etl_runs ORDER BY 1 DESC LIMIT %(limit)s"
+
+DEAD_LETTER_REASONS = """
+SELECT error AS reason, count(*) AS messages, max(received_at) AS last_seen,
+       string_agg(DISTINCT source, ', ') AS sources
+  FROM iotpipe.dead_letters
+ WHERE received_at > now() - make_interval(hours => %(hours)s)
+ GROUP BY error
+ ORDER BY count(*) DESC
+ LIMIT 50
+"""
+
+DEAD_LETTERS_RECENT = """
+SELECT id, received_at, source, topic, partition, "offset", error AS reason,
+       encode(substring(payload FROM 1 FOR 160), 'escape') AS payload, length(payload) AS bytes
+  FROM iotpipe.dead_letters
+ ORDER BY id DESC
+ LIMIT %(limit)s
+"""
+
+DW_READINGS_PER_HOUR = """
+SELECT hour_start, sum(readings)::bigint AS readings
+  FROM iotpipe_dw.fact_sensor_hourly
+ WHERE hour_start >= now() - make_interval(hours => %(hours)s)
+ GROUP BY 1
+ ORDER BY 1
+"""
+
+
+def workers(conn) -> pd.DataFrame:
+    return query_df(conn, WORKERS)
+
+
+def kafka_lag(conn) -> tuple[pd.DataFrame, str]:
+    """Kafka lag per partition from the Kafka module's view, else the committed offsets only."""
+    for view in KAFKA_LAG_VIEWS:
+        if query_one(conn, "SELECT to_regclass(%s) IS NOT NULL", (view,))[0]:
+            return query_df(conn, f"SELECT * FROM {view} ORDER BY 1, 2"), view
+    return query_df(conn, KAFKA_OFFSETS), "iotpipe.kafka_offsets"
+
+
+def etl_runs(conn, limit: int = 20) -> pd.DataFrame:
+    return query_df(conn, ETL_RUNS, {"limit": limit})
+
+
+def dead_letter_reasons(conn, hours: int = 24) -> pd.DataFrame:
+    return query_df(conn, DEAD_LETTER_REASONS, {"hours": hours})
+
+
+def dead_letters_recent(conn, limit: int = 50) -> pd.DataFrame:
+    return query_df(conn, DEAD_LETTERS_RECENT, {"limit": limit})
+
+
+def dw_readings_per_hour(conn, hours: int = 48) -> pd.DataFrame:
+    return query_df(conn, DW_READINGS_PER_HOUR, {"hours": hours})
+
+
+# ---------------------------------------------------------------------------
+# Analytics (warehouse) and report
+# ---------------------------------------------------------------------------
+
+LOCATION_COLUMN = """
+SELECT a.attname
+  FROM pg_attribute a
+ WHERE a.attrelid = 'iotpipe_dw.dim_location'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+   AND a.atttypid = 'text'::regtype
+ ORDER BY a.attname = 'location' DESC, a.attname = 'location_name' DESC, a.attname = 'name' DESC,
+          a.attname = 'path' DESC, a.attnum
+ LIMIT 1
+"""
+
+
+def dw_location_column(conn) -> str:
+    """The text column of iotpipe_dw.dim_location that names the location."""
+    row = query_one(conn, LOCATION_COLUMN)
+    if not row:
+        raise pgerr.UndefinedColumn(
+            "iotpipe_dw.dim_location has no text column naming the location"
+        )
+    return row[0]
+
+
+def _hourly_sql(loc_col: str) -> str:
+    return f"""
+SELECT h.hour_start, l.{loc_col} AS location,
+       sum(h.readings)::bigint AS readings,
+       (sum(h.temperature_avg * h.readings) / nullif(sum(h.readings) FILTER (WHERE h.temperature_avg IS NOT NULL), 0))::float8
+           AS temperature_avg,
+       min(h.temperature_min)::float8 AS temperature_min, max(h.temperature_max)::float8 AS temperature_max,
+       (sum(h.humidity_avg * h.readings) / nullif(sum(h.readings) FILTER (WHERE h.humidity_avg IS NOT NULL), 0))::float8
+           AS humidity_avg,
+       sum(h.anomalies)::bigint AS anomalies,
+       count(DISTINCT h.sensor_key)::int AS sensors
+  FROM iotpipe_dw.fact_sensor_hourly h
+  JOIN iotpipe_dw.dim_sensor s ON s.sensor_key = h.sensor_key
+  JOIN iotpipe_dw.dim_location l ON l.location_key = s.location_key
+ WHERE h.hour_start >= %(t_from)s AND h.hour_start < %(t_to)s
+   AND (%(locations)s::text[] IS NULL OR l.{loc_col} = ANY (%(locations)s::text[]))
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+"""
+
+
+def _completeness_sql(loc_col: str) -> str:
+    return f"""
+WITH per_sensor AS (
+    SELECT h.sensor_key, count(*) AS hours_present,
+           min(h.hour_start) AS first_hour, max(h.hour_start) AS last_hour
+      FROM iotpipe_dw.fact_sensor_hourly h
+     WHERE h.hour_start >= %(t_from)s AND h.hour_start < %(t_to)s
+     GROUP BY h.sensor_key
+)
+SELECT l.{loc_col} AS location, count(*)::int AS sensors,
+       sum(p.hours_present)::bigint AS hours_present,
+       sum(extract(epoch FROM p.last_hour - p.first_hour) / 3600 + 1)::bigint AS hours_expected,
+       (sum(p.hours_present) / nullif(sum(extract(epoch FROM p.last_hour - p.first_hour) / 3600 + 1), 0))::float8
+           AS completeness
+  FROM per_sensor p
+  JOIN iotpipe_dw.dim_sensor s ON s.sensor_key = p.sensor_key
+  JOIN iotpipe_dw.dim_location l ON l.location_key = s.location_key
+ WHERE %(locations)s::text[] IS NULL OR l.{loc_col} = ANY (%(locations)s::text[])
+ GROUP BY 1
+ ORDER BY 1
+"""
+
+
+def _range(d_from, d_to) -> dict:
+    """Dates are inclusive days (UTC); datetimes are taken as given (half-open)."""
+
+    def as_ts(d, end=False):
+        if isinstance(d, dt.datetime):
+            return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+        t = dt.datetime.combine(d, dt.time(0), tzinfo=dt.timezone.utc)
+        return t + dt.timedelta(days=1) if end else t
+
+    return {"t_from": as_ts(d_from), "t_to": as_ts(d_to, end=True)}
+
+
+def dw_hourly(conn, d_from, d_to, locations: list[str] | None = None) -> pd.DataFrame:
+    params = _range(d_from, d_to) | {
+        "locations": list(locations) if locations else None
+    }
+    return query_df(conn, _hourly_sql(dw_location_column(conn)), params)
+
+
+def dw_completeness(
+    conn, d_from, d_to, locations: list[str] | None = None
+) -> pd.DataFrame:
+    params = _range(d_from, d_to) | {
+        "locations": list(locations) if locations else None
+    }
+    return query_df(conn, _completeness_sql(dw_location_column(conn)), params)
+
+
+def dw_locations(conn) -> list[str]:
+    col = dw_location_column(conn)
+    return list(
+        query_df(
+            conn,
+            f"SELECT DISTINCT {col} AS location FROM iotpipe_dw.dim_location "
+            f"WHERE {col} IS NOT NULL ORDER BY 1",
+        )["location"]
+    )
+
+
+def dw_bounds(conn) -> tuple:
+    row = query_one(
+        conn,
+        "SELECT min(hour_start), max(hour_start) FROM iotpipe_dw.fact_sensor_hourly",
+    )
+    return row[0], row[1]
+
+
+def daily_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
+    """Daily trend per location, weighted by readings, from the hourly frame."""
+    if hourly.empty:
+        return pd.DataFrame(
+            columns=[
+                "day",
+                "location",
+                "readings",
+                "temperature_avg",
+                "temperature_min",
+                "temperature_max",
+                "humidity_avg",
+                "anomalies",
+            ]
+        )
+    h = hourly.copy()
+    h["day"] = pd.to_datetime(h["hour_start"], utc=True).dt.floor("D")
+    h["t_w"] = h["temperature_avg"].fillna(0) * h["readings"]
+    h["h_w"] = h["humidity_avg"].fillna(0) * h["readings"]
+    g = h.groupby(["day", "location"], as_index=False).agg(
+        readings=("readings", "sum"),
+        t_w=("t_w", "sum"),
+        h_w=("h_w", "sum"),
+        temperature_min=("temperature_min", "min"),
+        temperature_max=("temperature_max", "max"),
+        anomalies=("anomalies", "sum"),
+    )
+    g["temperature_avg"] = g["t_w"] / g["readings"].where(g["readings"] > 0)
+    g["humidity_avg"] = g["h_w"] / g["readings"].where(g["readings"] > 0)
+    return g.drop(columns=["t_w", "h_w"])
+
+
+def heatmap_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
+    """Average temperature per location and hour of day (UTC)."""
+    if hourly.empty:
+        return pd.DataFrame(columns=["location", "hour", "temperature_avg", "readings"])
+    h = hourly.copy()
+    h["hour"] = pd.to_datetime(h["hour_start"], utc=True).dt.hour
+    h["t_w"] = h["temperature_avg"].fillna(0) * h["readings"]
+    g = h.groupby(["location", "hour"], as_index=False).agg(
+        t_w=("t_w", "sum"), readings=("readings", "sum")
+    )
+    g["temperature_avg"] = g["t_w"] / g["readings"].where(g["readings"] > 0)
+    return g.drop(columns=["t_w"])
+
+
+# Report-only queries over a period [t_from, t_to).
+
+ALERTS_IN_PERIOD = """
+SELECT count(*)::bigint AS fired,
+       count(*) FILTER (WHERE severity = 'critical')::bigint AS critical,
+       count(*) FILTER (WHERE severity = 'warning')::bigint AS warning,
+       count(*) FILTER (WHERE acked_at IS NOT NULL)::bigint AS acknowledged
+  FROM iotpipe.alerts
+ WHERE started_at >= %(t_from)s AND started_at < %(t_to)s
+"""
+
+TOP_ALERTS = """
+SELECT r.name AS rule, a.sensor_id, a.severity, count(*)::bigint AS fired,
+       max(a.value)::float8 AS max_value,
+       sum(coalesce(a.resolved_at, least(now(), %(t_to)s)) - a.started_at) AS firing_time
+  FROM iotpipe.alerts a
+  LEFT JOIN iotpipe.alert_rules r USING (rule_id)
+ WHERE a.started_at >= %(t_from)s AND a.started_at < %(t_to)s
+ GROUP BY 1, 2, 3
+ ORDER BY (a.severity = 'critical') DESC, count(*) DESC, 4 DESC
+ LIMIT %(limit)s
+"""
+
+DEAD_LETTERS_IN_PERIOD = """
+SELECT error AS reason, count(*)::bigint AS messages
+  FROM iotpipe.dead_letters
+ WHERE received_at >= %(t_from)s AND received_at < %(t_to)s
+ GROUP BY error
+ ORDER BY count(*) DESC
+ LIMIT %(limit)s
+"""
+
+
+def alerts_in_period(conn, t_from, t_to) -> dict:
+    return (
+        query_df(conn, ALERTS_IN_PERIOD, {"t_from": t_from, "t_to": t_to})
+        .iloc[0]
+        .to_dict()
+    )
+
+
+def top_alerts(conn, t_from, t_to, limit: int = 10) -> pd.DataFrame:
+    return query_df(conn, TOP_ALERTS, {"t_from": t_from, "t_to": t_to, "limit": limit})
+
+
+def dead_letters_in_period(conn, t_from, t_to, limit: int = 10) -> pd.DataFrame:
+    return query_df(
+        conn, DEAD_LETTERS_IN_PERIOD, {"t_from": t_from, "t_to": t_to, "limit": limit}
+    )
