@@ -3,12 +3,18 @@
 #   pgcluster.sh start DIR PORT [DBNAME] [--no-preload] [--conf 'key = value']...
 #   pgcluster.sh stop DIR [immediate]
 #   pgcluster.sh restart DIR [immediate]
+# Binaries: $PGBIN, else $PGINSTALL's (scripts/pginstall.sh), else the system's.
 # The cluster runs as the postgres user when invoked as root (initdb refuses
 # root), listens on 127.0.0.1:PORT and on a Unix socket in DIR, trusts local
 # connections, preloads iotpipe and points iotpipe.database at DBNAME.
 set -euo pipefail
 
-PGBIN=${PGBIN:-$(pg_config --bindir)}
+# PGINSTALL: a private installation made by scripts/pginstall.sh (tests, benchmarks)
+if [ -n "${PGINSTALL:-}" ]; then
+  PGBIN=${PGBIN:-$PGINSTALL$(pg_config --bindir)}
+else
+  PGBIN=${PGBIN:-$(pg_config --bindir)}
+fi
 cmd=${1:?usage: pgcluster.sh start|stop|restart DIR ...}
 DIR=${2:?DIR required}
 

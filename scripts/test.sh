@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-make -s with_llvm=no
-$SUDO make -s with_llvm=no install >/dev/null
+# a private PostgreSQL tree with this build of iotpipe: the system-wide
+# installation is neither needed nor touched
+export PGINSTALL=${PGINSTALL:-$ROOT/build/pg}
+scripts/pginstall.sh "$PGINSTALL" >/dev/null
 
 export IOTPIPE_TEST_DIR=${IOTPIPE_TEST_DIR:-/tmp/iotpipe-test}
 export IOTPIPE_TEST_PORT=${IOTPIPE_TEST_PORT:-55432}

@@ -35,7 +35,7 @@ GRANT USAGE ON SCHEMA iotpipe TO iotpipe_operator, iotpipe_admin;
 -- on demand by the ingest core.
 ------------------------------------------------------------------------------
 CREATE TABLE iotpipe.readings (
-    sensor_id   text        NOT NULL,
+    sensor_id   text COLLATE "C" NOT NULL,  -- identifiers: byte order, fast comparisons
     ts          timestamptz NOT NULL,
     temperature float8,
     humidity    float8,
@@ -49,7 +49,7 @@ CREATE INDEX readings_sensor_ts_idx ON iotpipe.readings (sensor_id, ts);
 COMMENT ON TABLE iotpipe.readings IS 'raw accepted readings, partitioned by UTC day of ts, append-only';
 
 CREATE TABLE iotpipe.sensors (
-    sensor_id        text PRIMARY KEY,
+    sensor_id        text COLLATE "C" PRIMARY KEY,
     location         text,
     first_seen       timestamptz NOT NULL,
     last_seen        timestamptz NOT NULL,
@@ -57,7 +57,7 @@ CREATE TABLE iotpipe.sensors (
     last_temperature float8,
     last_humidity    float8,
     readings_total   bigint NOT NULL DEFAULT 0
-);
+) WITH (fillfactor = 50);  -- updated on every batch: leave room for HOT updates
 COMMENT ON TABLE iotpipe.sensors IS 'sensors as seen by ingest: latest location, values and event time';
 
 CREATE TABLE iotpipe.dead_letters (
