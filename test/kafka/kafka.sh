@@ -589,8 +589,8 @@ cmd_produce_perf() {
     need_libs
     run_tool org.apache.kafka.tools.ProducerPerformance \
         --topic "$topic" --num-records "$num" --record-size "$size" --throughput -1 \
-        --producer-props "bootstrap.servers=$(bootstrap_of "$(resolve_port)")" \
-        acks=all linger.ms=5 batch.size=262144 compression.type=none "$@"
+        --command-property "bootstrap.servers=$(bootstrap_of "$(resolve_port)")" \
+        acks=all linger.ms=5 batch.size=262144 compression.type=none max.block.ms=10000 "$@"
 }
 
 main() {

@@ -234,7 +234,9 @@ def produce(
                     # Local queue full: serve delivery reports to make room.
                     producer.poll(0.1)
                 except KafkaException as exc:
-                    raise KafkaHarnessError(f"produce to {topic} failed: {exc}") from exc
+                    raise KafkaHarnessError(
+                        f"produce to {topic} failed: {exc}"
+                    ) from exc
             sent += 1
             if sent % 10_000 == 0:
                 producer.poll(0)
@@ -261,11 +263,15 @@ def produce(
             + "; ".join(failures)
         )
     if counts["ok"] != sent:
-        raise KafkaHarnessError(f"only {counts['ok']} of {sent} deliveries to {topic} confirmed")
+        raise KafkaHarnessError(
+            f"only {counts['ok']} of {sent} deliveries to {topic} confirmed"
+        )
     return sent
 
 
-def high_watermarks(bootstrap: str, topic: str, timeout: float = 15.0) -> Dict[int, int]:
+def high_watermarks(
+    bootstrap: str, topic: str, timeout: float = 15.0
+) -> Dict[int, int]:
     """Return ``{partition: high watermark}`` for every partition of ``topic``."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition  # lazy import
 
