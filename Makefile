@@ -11,6 +11,7 @@ OBJS = \
 	src/launcher.o \
 	src/jsonmsg.o \
 	src/ingest.o \
+	src/sensors.o \
 	src/partition.o \
 	src/simulator.o \
 	src/simgen.o \

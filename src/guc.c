@@ -63,6 +63,15 @@ iotpipe_guc_init(bool preloading)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("iotpipe.sensor_refresh",
+							"Longest time iotpipe.sensors may lag behind the readings.",
+							"A backend rewrites a sensor's row at most this often; iotpipe.ingest_json() writes all at the end of each call.",
+							&iotpipe_sensor_refresh_ms,
+							1000, 0, 3600 * 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
 	DefineCustomIntVariable("iotpipe.etl_interval",
 							"How often the launcher runs iotpipe.run_etl(); 0 turns it off.",
 							NULL,

@@ -8,7 +8,7 @@
  *	      1. make sure the daily partitions exist (partition.c)
  *	      2. write accepted readings with COPY FROM an in-memory binary
  *	         stream (multi-insert, partition routing, indexes: all of COPY)
- *	      3. upsert iotpipe.sensors, one statement for the batch
+ *	      3. note the batch's sensors and upsert those due (sensors.c)
  *	      4. run the alert engine over the accepted readings (alerts.c)
  *	      5. write rejects to iotpipe.dead_letters with their exact bytes
  *
@@ -67,24 +67,6 @@ struct IotBatch
 	TimestampTz now;			/* reference for "in the future" */
 };
 
-/* per-sensor summary of a batch, for the sensors upsert */
-typedef struct SensorAgg
-{
-	char		sensor_id[IOTPIPE_MAX_SENSOR_ID * 4 + 1];	/* hash key */
-	TimestampTz first_ts;
-	TimestampTz last_ts;
-	const char *location;		/* of the latest reading that had one */
-	TimestampTz location_ts;
-	bool		has_temperature;
-	bool		has_humidity;
-	double		temperature;	/* latest non-null */
-	double		humidity;
-	TimestampTz temperature_ts;
-	TimestampTz humidity_ts;
-	int64		count;
-} SensorAgg;
-
-static SPIPlanPtr sensors_plan = NULL;
 static SPIPlanPtr dead_letters_plan = NULL;
 
 IotBatch *
@@ -374,166 +356,6 @@ copy_readings(IotBatch *batch)
 	pfree(buf.data);
 }
 
-/* ---------- sensors upsert ---------- */
-
-static int
-sensoragg_cmp(const void *a, const void *b)
-{
-	return strcmp((*(SensorAgg *const *) a)->sensor_id, (*(SensorAgg *const *) b)->sensor_id);
-}
-
-static void
-upsert_sensors(IotBatch *batch)
-{
-	HASHCTL		ctl;
-	HTAB	   *htab;
-	HASH_SEQ_STATUS seq;
-	SensorAgg  *agg;
-	SensorAgg **sorted;
-	int			n = 0,
-				i;
-	Datum	   *ids,
-			   *locs,
-			   *firsts,
-			   *lasts,
-			   *temps,
-			   *hums,
-			   *counts;
-	bool	   *locnulls,
-			   *tempnulls,
-			   *humnulls;
-	int			dims[1];
-	int			lbs[1] = {1};
-	Datum		args[8];
-	TimestampTz now = GetCurrentTimestamp();
-	int			ret;
-
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(((SensorAgg *) 0)->sensor_id);
-	ctl.entrysize = sizeof(SensorAgg);
-	ctl.hcxt = CurrentMemoryContext;
-	htab = hash_create("iotpipe batch sensors", 256, &ctl,
-					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-
-	for (i = 0; i < batch->nreadings; i++)
-	{
-		IotReading *r = &batch->readings[i];
-		bool		found;
-
-		agg = hash_search(htab, r->sensor_id, HASH_ENTER, &found);
-		if (!found)
-		{
-			agg->first_ts = agg->last_ts = r->ts;
-			agg->location = NULL;
-			agg->location_ts = DT_NOBEGIN;
-			agg->has_temperature = agg->has_humidity = false;
-			agg->temperature_ts = agg->humidity_ts = DT_NOBEGIN;
-			agg->count = 0;
-		}
-		agg->count++;
-		if (r->ts < agg->first_ts)
-			agg->first_ts = r->ts;
-		if (r->ts > agg->last_ts)
-			agg->last_ts = r->ts;
-		if (r->location && r->ts >= agg->location_ts)
-		{
-			agg->location = r->location;
-			agg->location_ts = r->ts;
-		}
-		if (r->has_temperature && r->ts >= agg->temperature_ts)
-		{
-			agg->temperature = r->temperature;
-			agg->temperature_ts = r->ts;
-			agg->has_temperature = true;
-		}
-		if (r->has_humidity && r->ts >= agg->humidity_ts)
-		{
-			agg->humidity = r->humidity;
-			agg->humidity_ts = r->ts;
-			agg->has_humidity = true;
-		}
-	}
-
-	/* a stable lock order: concurrent workers never deadlock on sensors */
-	sorted = palloc(sizeof(SensorAgg *) * hash_get_num_entries(htab));
-	hash_seq_init(&seq, htab);
-	while ((agg = hash_seq_search(&seq)) != NULL)
-		sorted[n++] = agg;
-	qsort(sorted, n, sizeof(SensorAgg *), sensoragg_cmp);
-
-	ids = palloc(sizeof(Datum) * n);
-	locs = palloc(sizeof(Datum) * n);
-	firsts = palloc(sizeof(Datum) * n);
-	lasts = palloc(sizeof(Datum) * n);
-	temps = palloc(sizeof(Datum) * n);
-	hums = palloc(sizeof(Datum) * n);
-	counts = palloc(sizeof(Datum) * n);
-	locnulls = palloc(sizeof(bool) * n);
-	tempnulls = palloc(sizeof(bool) * n);
-	humnulls = palloc(sizeof(bool) * n);
-	for (i = 0; i < n; i++)
-	{
-		agg = sorted[i];
-		ids[i] = PointerGetDatum(cstring_to_text(agg->sensor_id));
-		locnulls[i] = (agg->location == NULL);
-		locs[i] = agg->location ? PointerGetDatum(cstring_to_text(agg->location)) : (Datum) 0;
-		firsts[i] = TimestampTzGetDatum(agg->first_ts);
-		lasts[i] = TimestampTzGetDatum(agg->last_ts);
-		tempnulls[i] = !agg->has_temperature;
-		temps[i] = Float8GetDatum(agg->has_temperature ? agg->temperature : 0);
-		humnulls[i] = !agg->has_humidity;
-		hums[i] = Float8GetDatum(agg->has_humidity ? agg->humidity : 0);
-		counts[i] = Int64GetDatum(agg->count);
-	}
-	dims[0] = n;
-	args[0] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_md_array(locs, locnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(firsts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(lasts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_md_array(temps, tempnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_md_array(hums, humnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[6] = PointerGetDatum(construct_array(counts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[7] = TimestampTzGetDatum(now);
-
-	if (sensors_plan == NULL)
-	{
-		Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, 1185 /* timestamptz[] */ ,
-			1185, FLOAT8ARRAYOID, FLOAT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare(
-						   "INSERT INTO iotpipe.sensors AS s "
-						   "  (sensor_id, location, first_seen, last_seen, last_ingested_at, "
-						   "   last_temperature, last_humidity, readings_total) "
-						   "SELECT u.id, u.loc, u.f, u.l, $8, u.t, u.h, u.c "
-						   "  FROM unnest($1, $2, $3, $4, $5, $6, $7) AS u(id, loc, f, l, t, h, c) "
-						   "ON CONFLICT (sensor_id) DO UPDATE SET "
-						   "  location = CASE WHEN excluded.last_seen >= s.last_seen "
-						   "                  THEN coalesce(excluded.location, s.location) "
-						   "                  ELSE coalesce(s.location, excluded.location) END, "
-						   "  last_temperature = CASE WHEN excluded.last_seen >= s.last_seen "
-						   "                  THEN coalesce(excluded.last_temperature, s.last_temperature) "
-						   "                  ELSE s.last_temperature END, "
-						   "  last_humidity = CASE WHEN excluded.last_seen >= s.last_seen "
-						   "                  THEN coalesce(excluded.last_humidity, s.last_humidity) "
-						   "                  ELSE s.last_humidity END, "
-						   "  first_seen = least(s.first_seen, excluded.first_seen), "
-						   "  last_seen = greatest(s.last_seen, excluded.last_seen), "
-						   "  last_ingested_at = excluded.last_ingested_at, "
-						   "  readings_total = s.readings_total + excluded.readings_total",
-						   8, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the sensors upsert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		sensors_plan = plan;
-	}
-	ret = SPI_execute_plan(sensors_plan, args, NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "sensors upsert failed: %s", SPI_result_code_string(ret));
-	hash_destroy(htab);
-}
-
 /* ---------- dead letters ---------- */
 
 static void
@@ -644,7 +466,8 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 			elog(ERROR, "SPI_connect failed");
 		if (batch->nreadings > 0)
 		{
-			upsert_sensors(batch);
+			iotpipe_sensors_note(batch->readings, batch->nreadings);
+			iotpipe_sensors_write(false);
 			iotpipe_alerts_process_batch(batch);
 		}
 		if (batch->nrejects > 0)
@@ -657,6 +480,21 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 		*accepted = batch->nreadings;
 	if (rejected)
 		*rejected = batch->nrejects;
+}
+
+/*
+ * Write the sensors this backend holds back (see sensors.c), in the current
+ * transaction: all of them, or those due.  Workers call it when idle.
+ */
+void
+iotpipe_ingest_write_sensors(bool all)
+{
+	if (!iotpipe_sensors_pending())
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	iotpipe_sensors_write(all);
+	SPI_finish();
 }
 
 /* ---------- SQL: iotpipe.ingest_json(text[]) / ingest_json_bytes(bytea[]) ---------- */
@@ -739,6 +577,8 @@ ingest_array(FunctionCallInfo fcinfo)
 		total_rej += r;
 	}
 	array_free_iterator(it);
+	/* nothing of this call is held back: a session may never call again */
+	iotpipe_ingest_write_sensors(true);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(percall);
 

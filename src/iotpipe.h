@@ -174,6 +174,15 @@ extern void iotpipe_batch_reject(IotBatch *batch, const char *data, size_t len,
 /* write the batch in the current transaction; returns rows accepted */
 extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected);
 
+/* write the sensors held back by this backend (sensors.c), in the current transaction */
+extern void iotpipe_ingest_write_sensors(bool all);
+
+/* ---------- sensors.c ---------- */
+extern int	iotpipe_sensor_refresh_ms;
+extern void iotpipe_sensors_note(IotReading *readings, int n);
+extern void iotpipe_sensors_write(bool all);	/* SPI connected */
+extern bool iotpipe_sensors_pending(void);
+
 /* what the alert engine sees of a batch (accepted readings, in input order) */
 extern int	iotpipe_batch_nreadings(IotBatch *batch);
 extern IotReading *iotpipe_batch_readings(IotBatch *batch);

@@ -358,6 +358,15 @@ iotpipe_simulator_main(Datum arg)
 		(void) iotpipe_producer_poll(producer, 5000, errbuf, sizeof(errbuf));
 		iotpipe_producer_destroy(producer);
 	}
+	else if (iotpipe_sensors_pending())
+	{
+		/* leave iotpipe.sensors complete: write what was held back */
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		iotpipe_ingest_write_sensors(true);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
 	ereport(LOG, (errmsg("iotpipe simulator stopping after " UINT64_FORMAT " readings", emitted)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
 	proc_exit(0);
