@@ -587,6 +587,11 @@ cmd_produce_perf() {
     shift 2
     (($# >= 1)) && shift
     need_libs
+    # With auto-creation off, ProducerPerformance would block on every record
+    # of a missing topic: check first.
+    local n
+    n=$(topic_led_partitions "$(bootstrap_of "$(resolve_port)")" "$topic") || n=""
+    [[ -n $n && $n != 0 ]] || die "topic $topic does not exist (kafka.sh topic-create $topic N)"
     run_tool org.apache.kafka.tools.ProducerPerformance \
         --topic "$topic" --num-records "$num" --record-size "$size" --throughput -1 \
         --command-property "bootstrap.servers=$(bootstrap_of "$(resolve_port)")" \
