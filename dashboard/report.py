@@ -164,9 +164,7 @@ def build_pdf(data: dict) -> bytes:
     ]
 
     def unavailable(what, err):
-        story.append(
-            Paragraph(f"{what}: not available ({db.describe_error(err, what)})", body)
-        )
+        story.append(Paragraph(db.describe_error(err, what), body))
 
     hourly = data.get("hourly")
     comp = data.get("completeness")

@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard import db
 from dashboard import queries as q
 from dashboard import ui
 
@@ -13,10 +14,10 @@ st.title("Operations")
 c = ui.page_guard()
 
 SEVERITY_COLORS = {"critical": "#d1242f", "warning": "#d4a72c", "info": "#1f6feb"}
-SEVERITY_ICONS = {
-    "critical": ":red_circle:",
-    "warning": ":large_orange_circle:",
-    "info": ":large_blue_circle:",
+SEVERITY_BADGES = {
+    "critical": ":red-badge[critical]",
+    "warning": ":orange-badge[warning]",
+    "info": ":blue-badge[info]",
 }
 
 
@@ -62,26 +63,21 @@ def sensor_table(location):
                     "temperature",
                     "humidity",
                     "trend",
-                    "readings_total",
                 ]
             ],
             hide_index=True,
             width="stretch",
             height=min(38 + 35 * len(df), 420),
             column_config={
-                "sensor_id": st.column_config.TextColumn("Sensor"),
+                "sensor_id": st.column_config.TextColumn("Sensor", pinned=True),
                 "location": st.column_config.TextColumn("Location"),
                 "status": st.column_config.TextColumn("Status"),
                 "last_seen": st.column_config.DatetimeColumn(
-                    "Last seen (UTC)", format="YYYY-MM-DD HH:mm:ss"
+                    "Last seen", format="HH:mm:ss", help="UTC"
                 ),
-                "temperature": st.column_config.NumberColumn(
-                    "Temperature °C", format="%.2f"
-                ),
-                "humidity": st.column_config.NumberColumn(
-                    "Humidity %RH", format="%.1f"
-                ),
-                "trend": st.column_config.LineChartColumn("Temperature, last readings"),
+                "temperature": st.column_config.NumberColumn("°C", format="%.2f"),
+                "humidity": st.column_config.NumberColumn("%RH", format="%.1f"),
+                "trend": st.column_config.LineChartColumn("Trend °C"),
                 "readings_total": st.column_config.NumberColumn(
                     "Readings", format="%d"
                 ),
@@ -218,7 +214,12 @@ def live_chart(mode, target, metric, window_s):
                     ],
                 )
             )
-        st.altair_chart(alt.layer(*layers).properties(height=320), width="stretch")
+        st.altair_chart(
+            alt.layer(*layers)
+            .resolve_scale(color="independent", fill="independent")
+            .properties(height=320),
+            width="stretch",
+        )
         st.caption(
             f"{len(data)} points over the last {window_s:g} s of event time; "
             f"{len(rules)} threshold rule(s) drawn as bands, {len(alerts)} alert(s) marked ▲."
@@ -240,6 +241,25 @@ def _toast_new(alerts):
                 f"{a.get('sensor_id')} (value {a.get('value')})",
                 icon=":material/warning:",
             )
+
+
+def _ack(alert_id: int):
+    """Button callback: acknowledge through iotpipe.ack_alert(), then refresh the feed."""
+    ss = st.session_state
+    try:
+        how = q.ack_alert(ui.conn(), alert_id, ss.get("ack_as") or "operator")
+        ss["_ack_msg"] = (f"Alert #{alert_id} acknowledged", None)
+        if how == "update":
+            ss["_ack_msg"] = (
+                f"Alert #{alert_id} acknowledged (direct update: iotpipe.ack_alert() missing)",
+                None,
+            )
+    except Exception as e:  # noqa: BLE001 - shown in the feed
+        ss["_ack_msg"] = (
+            None,
+            db.describe_error(e, f"acknowledging alert #{alert_id}"),
+        )
+    ss["_feed_dirty"] = True
 
 
 @st.fragment(run_every=ui.FEED_REFRESH_S)
@@ -278,6 +298,11 @@ def alert_feed():
                     ss["_feed_max_id"], int(ss["_feed_df"]["alert_id"].max())
                 )
         df = ss["_feed_df"]
+        ok, err = ss.pop("_ack_msg", (None, None))
+        if ok:
+            st.toast(ok, icon=":material/check:")
+        if err:
+            st.warning(err)
         if listening:
             st.caption(
                 f":green[●] live: LISTEN iotpipe_alerts ({listener.received} notifications received)"
@@ -291,8 +316,7 @@ def alert_feed():
             st.info("No alerts yet.")
             return
         for row in df.itertuples():
-            cols = st.columns([0.6, 5, 1.4])
-            cols[0].markdown(SEVERITY_ICONS.get(row.severity, ""))
+            cols = st.columns([5, 1.3], vertical_alignment="center")
             when = pd.Timestamp(row.started_at).strftime("%H:%M:%S")
             state = (
                 "**FIRING**"
@@ -306,64 +330,61 @@ def alert_feed():
                 if not pd.isna(row.acked_at)
                 else ""
             )
-            cols[1].markdown(
-                f"#{row.alert_id} {row.severity} · **{rule}** · {row.sensor_id}"
+            cols[0].markdown(
+                f"{SEVERITY_BADGES.get(row.severity, row.severity)} #{row.alert_id} · **{rule}** · {row.sensor_id}"
                 f"{(' · ' + str(row.metric) + val) if isinstance(row.metric, str) else val}"
                 f" · {state} since {when}{acked}"
             )
             if pd.isna(row.acked_at):
-                if cols[2].button(f"Ack #{row.alert_id}", key=f"ack-{row.alert_id}"):
-                    how = q.ack_alert(
-                        c, row.alert_id, st.session_state.get("ack_as") or "operator"
-                    )
-                    ss["_feed_dirty"] = True
-                    st.toast(
-                        f"Alert #{row.alert_id} acknowledged"
-                        + (" (direct update)" if how == "update" else "")
-                    )
-                    st.rerun(scope="fragment")
+                cols[1].button(
+                    f"Ack #{row.alert_id}",
+                    key=f"ack-{row.alert_id}",
+                    on_click=_ack,
+                    args=(int(row.alert_id),),
+                )
 
 
 kpi_tiles()
 
+try:
+    locs = q.locations(c)
+except Exception:  # noqa: BLE001 - the sections below say what is wrong
+    locs = []
+
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Sensors")
-    try:
-        locs = q.locations(c)
-    except Exception:  # noqa: BLE001 - shown by the sections below
-        locs = []
     location = st.selectbox("Location", ["All locations"] + locs, key="ops_location")
     location = None if location == "All locations" else location
     sensor_table(location)
-
-    st.subheader("Live chart")
-    cc = st.columns([1, 2, 1, 1])
-    mode = cc[0].radio(
-        "Chart by", ["Sensor", "Location"], horizontal=True, key="chart_mode"
-    )
-    if mode == "Sensor":
-        try:
-            options = q.sensor_ids(c, location)
-        except Exception:  # noqa: BLE001
-            options = []
-    else:
-        options = [location] if location else locs
-    target = (
-        cc[1].selectbox(mode, options, key=f"chart_target_{mode}") if options else None
-    )
-    metric = cc[2].radio("Metric", ["temperature", "humidity"], key="chart_metric")
-    window_s = cc[3].selectbox(
-        "Window",
-        [60, 300, 900],
-        index=1,
-        format_func=lambda s: f"{s // 60} min",
-        key="chart_window",
-    )
-    if target:
-        live_chart(mode, target, metric, float(window_s))
-    else:
-        st.info("No sensors to chart yet.")
 with right:
     st.subheader("Alert feed")
     alert_feed()
+
+st.subheader("Live chart")
+cc = st.columns([1, 2, 1, 1])
+mode = cc[0].radio(
+    "Chart by", ["Sensor", "Location"], horizontal=True, key="chart_mode"
+)
+if mode == "Sensor":
+    try:
+        options = q.sensor_ids(c, location)
+    except Exception:  # noqa: BLE001
+        options = []
+else:
+    options = [location] if location else locs
+target = cc[1].selectbox(mode, options, key=f"chart_target_{mode}") if options else None
+metric = cc[2].radio(
+    "Metric", ["temperature", "humidity"], horizontal=True, key="chart_metric"
+)
+window_s = cc[3].selectbox(
+    "Window",
+    [60, 300, 900],
+    index=1,
+    format_func=lambda s: f"{s // 60} min",
+    key="chart_window",
+)
+if target:
+    live_chart(mode, target, metric, float(window_s))
+else:
+    st.info("No sensors to chart yet.")

@@ -53,7 +53,9 @@ def live_health():
                 alt.Chart(long)
                 .mark_line()
                 .encode(
-                    x=alt.X("t:T", title="time (UTC)"),
+                    x=alt.X(
+                        "t:T", title="time (UTC)", axis=alt.Axis(format="%H:%M:%S")
+                    ),
                     y=alt.Y("rate:Q", title="readings/s"),
                     color=alt.Color(
                         "measure:N", legend=alt.Legend(orient="bottom", title=None)
