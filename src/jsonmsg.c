@@ -677,7 +677,8 @@ iotpipe_parse_message(const char *data, size_t len, IotReading *out,
 						out->sensor_id_len = n;
 						if (has_nul && !field_err)
 							field_err = "sensor_id contains a NUL character";
-						else if ((n == 0 || pg_mbstrlen_with_len(out->sensor_id, n) > IOTPIPE_MAX_SENSOR_ID) && !field_err)
+						else if ((n == 0 || (n > IOTPIPE_MAX_SENSOR_ID &&
+												 pg_mbstrlen_with_len(out->sensor_id, n) > IOTPIPE_MAX_SENSOR_ID)) && !field_err)
 							field_err = "sensor_id must be 1 to 64 characters";
 					}
 				}
@@ -808,7 +809,8 @@ iotpipe_parse_message(const char *data, size_t len, IotReading *out,
 					out->location_len = n;
 					if (has_nul && !field_err)
 						field_err = "location contains a NUL character";
-					else if (pg_mbstrlen_with_len(out->location, n) > MAX_LOCATION_CHARS && !field_err)
+					else if (n > MAX_LOCATION_CHARS &&
+							 pg_mbstrlen_with_len(out->location, n) > MAX_LOCATION_CHARS && !field_err)
 						field_err = "location is longer than 256 characters";
 				}
 				else

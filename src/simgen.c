@@ -172,6 +172,21 @@ simgen_sensor_id(SimGen *gen, int sensor)
 	return gen->sensors[sensor].id;
 }
 
+/* append n as exactly width digits (zero-padded) */
+static inline char *
+put_digits(char *p, int64 n, int width)
+{
+	char	   *end = p + width;
+
+	while (width-- > 0)
+	{
+		p[width] = '0' + (n % 10);
+		n /= 10;
+	}
+	return end;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ": the hot path, without snprintf */
 static void
 append_ts(StringInfo buf, TimestampTz ts)
 {
@@ -180,6 +195,8 @@ append_ts(StringInfo buf, TimestampTz ts)
 	int			y,
 				m,
 				d;
+	char		tmp[32];
+	char	   *p = tmp;
 
 	if (us < 0)
 	{
@@ -187,20 +204,67 @@ append_ts(StringInfo buf, TimestampTz ts)
 		days--;
 	}
 	j2date((int) days + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	appendStringInfo(buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", y, m, d,
-					 (int) (us / USECS_PER_HOUR),
-					 (int) ((us / USECS_PER_MINUTE) % 60),
-					 (int) ((us / USECS_PER_SEC) % 60),
-					 (int) ((us / 1000) % 1000));
+	p = put_digits(p, y, 4);
+	*p++ = '-';
+	p = put_digits(p, m, 2);
+	*p++ = '-';
+	p = put_digits(p, d, 2);
+	*p++ = 'T';
+	p = put_digits(p, us / USECS_PER_HOUR, 2);
+	*p++ = ':';
+	p = put_digits(p, (us / USECS_PER_MINUTE) % 60, 2);
+	*p++ = ':';
+	p = put_digits(p, (us / USECS_PER_SEC) % 60, 2);
+	*p++ = '.';
+	p = put_digits(p, (us / 1000) % 1000, 3);
+	*p++ = 'Z';
+	appendBinaryStringInfo(buf, tmp, p - tmp);
+}
+
+/* a value with two decimals (like %.2f, rounding half away from zero) */
+static void
+append_fixed2(StringInfo buf, double v)
+{
+	char		tmp[32];
+	char	   *p = tmp + sizeof(tmp);
+	int64		n;
+	bool		neg = v < 0;
+
+	if (!(v > -1e15 && v < 1e15))
+	{
+		appendStringInfo(buf, "%.2f", v);
+		return;
+	}
+	n = (int64) ((neg ? -v : v) * 100.0 + 0.5);
+	*--p = '0' + n % 10;
+	n /= 10;
+	*--p = '0' + n % 10;
+	n /= 10;
+	*--p = '.';
+	do
+	{
+		*--p = '0' + n % 10;
+		n /= 10;
+	} while (n > 0);
+	if (neg && strncmp(p, "0.00", 4) != 0)
+		*--p = '-';
+	appendBinaryStringInfo(buf, p, tmp + sizeof(tmp) - p);
 }
 
 static void
 append_valid(StringInfo buf, SimSensor *s, TimestampTz ts, double t, double h)
 {
-	appendStringInfo(buf, "{\"sensor_id\":\"%s\",\"ts\":\"", s->id);
+	appendStringInfoString(buf, "{\"sensor_id\":\"");
+	appendStringInfoString(buf, s->id);
+	appendStringInfoString(buf, "\",\"ts\":\"");
 	append_ts(buf, ts);
-	appendStringInfo(buf, "\",\"temperature\":%.2f,\"humidity\":%.2f,\"location\":\"%s\"}",
-					 t, h, locations[s->loc].name);
+	appendStringInfoString(buf, "\",\"temperature\":");
+	append_fixed2(buf, t);
+	appendStringInfoString(buf, ",\"humidity\":");
+	append_fixed2(buf, h);
+	appendStringInfoString(buf, ",\"location\":\"");
+	appendStringInfoString(buf, locations[s->loc].name);
+	appendStringInfoString(buf, "\"}");
 }
 
 /*
