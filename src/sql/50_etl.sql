@@ -660,9 +660,9 @@ $$
 BEGIN
     PERFORM pg_advisory_xact_lock(7597124726873653297);
     TRUNCATE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily,
-             iotpipe_dw.dim_sensor, iotpipe_dw.dim_date, iotpipe.etl_runs, iotpipe.etl_pending;
+             iotpipe_dw.dim_sensor, iotpipe_dw.dim_date, iotpipe.etl_runs, iotpipe.etl_pending
+       RESTART IDENTITY;
     DELETE FROM iotpipe_dw.dim_location WHERE location_key <> 0;
-    PERFORM setval(pg_get_serial_sequence('iotpipe_dw.dim_sensor', 'sensor_key'), 1, false);
     PERFORM setval(pg_get_serial_sequence('iotpipe_dw.dim_location', 'location_key'), 1, false);
 END
 $$;
@@ -673,29 +673,28 @@ COMMENT ON FUNCTION iotpipe.reset_warehouse() IS
 -- Raw retention
 ------------------------------------------------------------------------------
 -- Drops the daily partitions iotpipe.readings_pYYYYMMDD whose whole day is
--- older than iotpipe.raw_retention (seconds; 0 keeps everything), but only
+-- older than the retention (iotpipe.raw_retention, seconds, for the launcher;
+-- 0 keeps everything), but only
 -- those the ETL has fully processed: every row in them belongs to a
 -- transaction visible in the last successful run's snapshot.  A partition
 -- still written to (lock not free) is left for next time.
-CREATE FUNCTION iotpipe.apply_retention() RETURNS int
+CREATE FUNCTION iotpipe.apply_retention(retention interval) RETURNS int
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
 AS
 $$
 DECLARE
-    keep_s    bigint;
     cutoff    timestamptz;
     last_snap pg_snapshot;
     p         record;
     busy      bool;
     dropped   int := 0;
 BEGIN
-    SELECT s.setting::bigint INTO keep_s FROM pg_settings s WHERE s.name = 'iotpipe.raw_retention';
-    IF coalesce(keep_s, 0) <= 0 THEN
+    IF retention IS NULL OR retention <= interval '0' THEN
         RETURN 0;
     END IF;
-    cutoff := now() - keep_s * interval '1 second';
+    cutoff := now() - retention;
     PERFORM pg_advisory_xact_lock(7597124726873653297);
     SELECT r.snapshot INTO last_snap FROM iotpipe.etl_runs r
      WHERE r.status = 'ok' ORDER BY r.run_id DESC LIMIT 1;
@@ -732,8 +731,19 @@ BEGIN
     RETURN dropped;
 END
 $$;
+COMMENT ON FUNCTION iotpipe.apply_retention(interval) IS
+    'drop raw partitions whose day is older than retention and that the ETL has fully processed; returns how many';
+
+-- what the launcher calls after each scheduled ETL run
+CREATE FUNCTION iotpipe.apply_retention() RETURNS int
+    LANGUAGE sql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    RETURN iotpipe.apply_retention(
+        (SELECT s.setting::bigint * interval '1 second' FROM pg_settings s
+          WHERE s.name = 'iotpipe.raw_retention'));
 COMMENT ON FUNCTION iotpipe.apply_retention() IS
-    'drop raw partitions older than iotpipe.raw_retention that the ETL has fully processed; returns how many';
+    'apply_retention(iotpipe.raw_retention): 0 keeps everything';
 
 ------------------------------------------------------------------------------
 -- Privileges
@@ -746,12 +756,14 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe._run_etl(iotpipe.etl_runs),
     iotpipe.reset_warehouse(),
     iotpipe.apply_retention(),
+    iotpipe.apply_retention(interval),
     iotpipe._etl_progress(bigint, text, timestamptz)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.run_etl(timestamptz),
     iotpipe.reset_warehouse(),
-    iotpipe.apply_retention()
+    iotpipe.apply_retention(),
+    iotpipe.apply_retention(interval)
     TO iotpipe_admin;
 
 -- pg_dump keeps the warehouse and the run history
