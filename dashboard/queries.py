@@ -376,69 +376,52 @@ def dw_readings_per_hour(conn, hours: int = 48) -> pd.DataFrame:
 # Analytics (warehouse) and report
 # ---------------------------------------------------------------------------
 
-LOCATION_COLUMN = """
-SELECT a.attname
-  FROM pg_attribute a
- WHERE a.attrelid = 'iotpipe_dw.dim_location'::regclass AND a.attnum > 0 AND NOT a.attisdropped
-   AND a.atttypid = 'text'::regtype
- ORDER BY a.attname = 'location' DESC, a.attname = 'location_name' DESC, a.attname = 'name' DESC,
-          a.attname = 'path' DESC, a.attnum
- LIMIT 1
-"""
-
-
-def dw_location_column(conn) -> str:
-    """The text column of iotpipe_dw.dim_location that names the location."""
-    row = query_one(conn, LOCATION_COLUMN)
-    if not row:
-        raise pgerr.UndefinedColumn(
-            "iotpipe_dw.dim_location has no text column naming the location"
-        )
-    return row[0]
-
-
-def _hourly_sql(loc_col: str) -> str:
-    return f"""
-SELECT h.hour_start, l.{loc_col} AS location,
+# fact_sensor_hourly carries its location_key, so no join through dim_sensor is needed;
+# averages are weighted by the per-metric counts (temperature_n, humidity_n).
+DW_HOURLY = """
+SELECT h.hour_start, l.location,
        sum(h.readings)::bigint AS readings,
-       (sum(h.temperature_avg * h.readings) / nullif(sum(h.readings) FILTER (WHERE h.temperature_avg IS NOT NULL), 0))::float8
-           AS temperature_avg,
-       min(h.temperature_min)::float8 AS temperature_min, max(h.temperature_max)::float8 AS temperature_max,
-       (sum(h.humidity_avg * h.readings) / nullif(sum(h.readings) FILTER (WHERE h.humidity_avg IS NOT NULL), 0))::float8
-           AS humidity_avg,
+       sum(h.temperature_n)::bigint AS temperature_n,
+       (sum(h.temperature_avg * h.temperature_n) / nullif(sum(h.temperature_n), 0))::float8 AS temperature_avg,
+       min(h.temperature_min)::float8 AS temperature_min,
+       max(h.temperature_max)::float8 AS temperature_max,
+       sum(h.humidity_n)::bigint AS humidity_n,
+       (sum(h.humidity_avg * h.humidity_n) / nullif(sum(h.humidity_n), 0))::float8 AS humidity_avg,
        sum(h.anomalies)::bigint AS anomalies,
        count(DISTINCT h.sensor_key)::int AS sensors
   FROM iotpipe_dw.fact_sensor_hourly h
-  JOIN iotpipe_dw.dim_sensor s ON s.sensor_key = h.sensor_key
-  JOIN iotpipe_dw.dim_location l ON l.location_key = s.location_key
+  JOIN iotpipe_dw.dim_location l ON l.location_key = h.location_key
  WHERE h.hour_start >= %(t_from)s AND h.hour_start < %(t_to)s
-   AND (%(locations)s::text[] IS NULL OR l.{loc_col} = ANY (%(locations)s::text[]))
+   AND (%(locations)s::text[] IS NULL OR l.location = ANY (%(locations)s::text[]))
  GROUP BY 1, 2
  ORDER BY 1, 2
 """
 
-
-def _completeness_sql(loc_col: str) -> str:
-    return f"""
+# Completeness: sensor-hours with data divided by the sensor-hours between each sensor's
+# first and last hour with data in the range (a sensor that went silent mid-range counts
+# its gap; one that started late is not blamed for the hours before).
+DW_COMPLETENESS = """
 WITH per_sensor AS (
-    SELECT h.sensor_key, count(*) AS hours_present,
+    SELECT h.sensor_key, h.location_key, count(*) AS hours_present,
            min(h.hour_start) AS first_hour, max(h.hour_start) AS last_hour
       FROM iotpipe_dw.fact_sensor_hourly h
      WHERE h.hour_start >= %(t_from)s AND h.hour_start < %(t_to)s
-     GROUP BY h.sensor_key
+     GROUP BY h.sensor_key, h.location_key
 )
-SELECT l.{loc_col} AS location, count(*)::int AS sensors,
+SELECT l.location, count(DISTINCT p.sensor_key)::int AS sensors,
        sum(p.hours_present)::bigint AS hours_present,
        sum(extract(epoch FROM p.last_hour - p.first_hour) / 3600 + 1)::bigint AS hours_expected,
        (sum(p.hours_present) / nullif(sum(extract(epoch FROM p.last_hour - p.first_hour) / 3600 + 1), 0))::float8
            AS completeness
   FROM per_sensor p
-  JOIN iotpipe_dw.dim_sensor s ON s.sensor_key = p.sensor_key
-  JOIN iotpipe_dw.dim_location l ON l.location_key = s.location_key
- WHERE %(locations)s::text[] IS NULL OR l.{loc_col} = ANY (%(locations)s::text[])
+  JOIN iotpipe_dw.dim_location l ON l.location_key = p.location_key
+ WHERE %(locations)s::text[] IS NULL OR l.location = ANY (%(locations)s::text[])
  GROUP BY 1
  ORDER BY 1
 """
+
+DW_LOCATIONS = "SELECT location FROM iotpipe_dw.dim_location ORDER BY 1"
+DW_BOUNDS = "SELECT min(hour_start), max(hour_start) FROM iotpipe_dw.fact_sensor_hourly"
 
 
 def _range(d_from, d_to) -> dict:
@@ -457,7 +440,7 @@ def dw_hourly(conn, d_from, d_to, locations: list[str] | None = None) -> pd.Data
     params = _range(d_from, d_to) | {
         "locations": list(locations) if locations else None
     }
-    return query_df(conn, _hourly_sql(dw_location_column(conn)), params)
+    return query_df(conn, DW_HOURLY, params)
 
 
 def dw_completeness(
@@ -466,72 +449,49 @@ def dw_completeness(
     params = _range(d_from, d_to) | {
         "locations": list(locations) if locations else None
     }
-    return query_df(conn, _completeness_sql(dw_location_column(conn)), params)
+    return query_df(conn, DW_COMPLETENESS, params)
 
 
 def dw_locations(conn) -> list[str]:
-    col = dw_location_column(conn)
-    return list(
-        query_df(
-            conn,
-            f"SELECT DISTINCT {col} AS location FROM iotpipe_dw.dim_location "
-            f"WHERE {col} IS NOT NULL ORDER BY 1",
-        )["location"]
-    )
+    return list(query_df(conn, DW_LOCATIONS)["location"])
 
 
 def dw_bounds(conn) -> tuple:
-    row = query_one(
-        conn,
-        "SELECT min(hour_start), max(hour_start) FROM iotpipe_dw.fact_sensor_hourly",
-    )
-    return row[0], row[1]
+    return tuple(query_one(conn, DW_BOUNDS))
 
 
-def daily_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
-    """Daily trend per location, weighted by readings, from the hourly frame."""
-    if hourly.empty:
-        return pd.DataFrame(
-            columns=[
-                "day",
-                "location",
-                "readings",
-                "temperature_avg",
-                "temperature_min",
-                "temperature_max",
-                "humidity_avg",
-                "anomalies",
-            ]
-        )
-    h = hourly.copy()
-    h["day"] = pd.to_datetime(h["hour_start"], utc=True).dt.floor("D")
-    h["t_w"] = h["temperature_avg"].fillna(0) * h["readings"]
-    h["h_w"] = h["humidity_avg"].fillna(0) * h["readings"]
-    g = h.groupby(["day", "location"], as_index=False).agg(
+def _weighted(h: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Roll the hourly frame up to keys, averages weighted by their per-metric counts."""
+    h = h.copy()
+    h["t_w"] = h["temperature_avg"].fillna(0) * h["temperature_n"]
+    h["h_w"] = h["humidity_avg"].fillna(0) * h["humidity_n"]
+    g = h.groupby(keys, as_index=False).agg(
         readings=("readings", "sum"),
+        temperature_n=("temperature_n", "sum"),
+        humidity_n=("humidity_n", "sum"),
         t_w=("t_w", "sum"),
         h_w=("h_w", "sum"),
         temperature_min=("temperature_min", "min"),
         temperature_max=("temperature_max", "max"),
         anomalies=("anomalies", "sum"),
     )
-    g["temperature_avg"] = g["t_w"] / g["readings"].where(g["readings"] > 0)
-    g["humidity_avg"] = g["h_w"] / g["readings"].where(g["readings"] > 0)
+    g["temperature_avg"] = g["t_w"] / g["temperature_n"].where(g["temperature_n"] > 0)
+    g["humidity_avg"] = g["h_w"] / g["humidity_n"].where(g["humidity_n"] > 0)
     return g.drop(columns=["t_w", "h_w"])
+
+
+def daily_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
+    """Daily trend per location from the hourly frame."""
+    h = hourly.copy()
+    h["day"] = pd.to_datetime(h["hour_start"], utc=True).dt.floor("D")
+    return _weighted(h, ["day", "location"])
 
 
 def heatmap_from_hourly(hourly: pd.DataFrame) -> pd.DataFrame:
     """Average temperature per location and hour of day (UTC)."""
-    if hourly.empty:
-        return pd.DataFrame(columns=["location", "hour", "temperature_avg", "readings"])
     h = hourly.copy()
     h["hour"] = pd.to_datetime(h["hour_start"], utc=True).dt.hour
-    h["t_w"] = h["temperature_avg"].fillna(0) * h["readings"]
-    g = h.groupby(["location", "hour"], as_index=False).agg(
-        t_w=("t_w", "sum"), readings=("readings", "sum")
-    )
-    g["temperature_avg"] = g["t_w"] / g["readings"].where(g["readings"] > 0)
-    return g.drop(columns=["t_w"])
+    return _weighted(h, ["location", "hour"])
 
 
 # Report-only queries over a period [t_from, t_to).

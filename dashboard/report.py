@@ -185,8 +185,10 @@ def build_pdf(data: dict) -> bytes:
         ]
         if not hourly.empty:
             w = hourly.dropna(subset=["temperature_avg"])
-            if not w.empty and w["readings"].sum() > 0:
-                avg = (w["temperature_avg"] * w["readings"]).sum() / w["readings"].sum()
+            if not w.empty and w["temperature_n"].sum() > 0:
+                avg = (w["temperature_avg"] * w["temperature_n"]).sum() / w[
+                    "temperature_n"
+                ].sum()
                 figures.append(("Average temperature", f"{avg:.2f} °C"))
                 figures.append(
                     (

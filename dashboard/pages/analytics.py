@@ -6,6 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard import db
 from dashboard import queries as q
 from dashboard import report, ui
 
@@ -28,9 +29,14 @@ def load(d_from, d_to, locations):
     )
 
 
-@st.cache_data(ttl=120, show_spinner="Building the PDF report…")
-def pdf_report(t_from, t_to):
-    return report.make_report(ui.conn(), t_from, t_to)
+def pdf_report(url, t_from, t_to):
+    """Deferred download: the PDF is built when the button is clicked, on its own connection."""
+
+    def build() -> bytes:
+        with db.connect(url) as conn:
+            return report.make_report(conn, t_from, t_to)
+
+    return build
 
 
 with ui.section("the warehouse"):
@@ -180,7 +186,7 @@ with ui.section("the warehouse"):
     )
     d2.download_button(
         "Download report (PDF)",
-        pdf_report(t_from, t_to),
+        pdf_report(ui.get_url(), t_from, t_to),
         file_name=f"iotpipe_report_{d_from}_{d_to}.pdf",
         mime="application/pdf",
     )

@@ -94,6 +94,20 @@ with left:
                 "No Kafka partitions consumed yet (declare a source with iotpipe.kafka_start())."
             )
         else:
+            if "lag" in lag.columns and lag["lag"].notna().any():
+                total_lag = int(lag["lag"].fillna(0).sum())
+                st.metric("Total lag (messages)", f"{total_lag:,}")
+                bars = lag.assign(
+                    tp=lag["topic"] + "[" + lag["partition"].astype(str) + "]"
+                )
+                st.bar_chart(
+                    bars,
+                    x="tp",
+                    y="lag",
+                    height=160,
+                    x_label="topic[partition]",
+                    y_label="lag",
+                )
             st.dataframe(lag, hide_index=True, width="stretch")
             if source == "iotpipe.kafka_offsets":
                 st.caption(

@@ -16,6 +16,7 @@ switches to the operator role: every query here runs with the operator's privile
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import socket
@@ -113,12 +114,46 @@ def dash():
             rows.append(msg(s, t, 20.0 + i + (k % 7) * 0.3, 40.0 + i))
     acc, rej = ingest(db, rows)
     assert (acc, rej) == (len(rows), 0)
+    # three days of history, a reading every 15 minutes, for the warehouse pages and the report
+    hist = []
+    start = (now - dt.timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    t = start
+    while t < now - dt.timedelta(minutes=5):
+        for i, s in enumerate(SENSORS):
+            daily = 3.0 * math.sin(2 * math.pi * (t.hour + t.minute / 60) / 24)
+            hist.append(
+                msg(s, t, round(20.0 + 2 * i + daily, 2), round(45.0 - daily, 2))
+            )
+        t += dt.timedelta(minutes=15)
+    for k in range(0, len(hist), 5000):
+        assert ingest(db, hist[k : k + 5000])[1] == 0
     ingest(db, ["not json at all", '{"sensor_id": "dash-0001"}'])
+    # Kafka offsets and watermarks of a topic no broker serves: the System page's lag table
+    db.execute("DELETE FROM iotpipe.kafka_offsets WHERE topic = 'dash-test'")
+    db.execute(
+        "INSERT INTO iotpipe.kafka_offsets (topic, partition, next_offset) VALUES ('dash-test', 0, 100), ('dash-test', 1, 250)"
+    )
+    if db.execute(
+        "SELECT to_regclass('iotpipe.kafka_watermarks') IS NOT NULL"
+    ).fetchone()[0]:
+        db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
+        db.execute(
+            "INSERT INTO iotpipe.kafka_watermarks (topic, partition, low_watermark, high_watermark)"
+            " VALUES ('dash-test', 0, 0, 130), ('dash-test', 1, 0, 250)"
+        )
     a1 = fire_alert(db, "dash-0001", 95.5)  # acknowledged from AppTest
     a2 = fire_alert(db, "dash-0002", 91.0)  # acknowledged in the browser
     if db.execute("SELECT to_regproc('iotpipe.run_etl') IS NOT NULL").fetchone()[0]:
         db.execute("SELECT iotpipe.run_etl()")
     yield {"db": db, "alerts": (a1, a2)}
+    db.execute("DELETE FROM iotpipe.kafka_offsets WHERE topic = 'dash-test'")
+    if db.execute(
+        "SELECT to_regclass('iotpipe.kafka_watermarks') IS NOT NULL"
+    ).fetchone()[0]:
+        db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
+    db.execute(
+        "UPDATE iotpipe.alert_rules SET enabled = false WHERE name = %s", (RULE,)
+    )
     db.close()
 
 
@@ -278,6 +313,23 @@ def test_system_page(dash):
     shown = set().union(*[set(f["reason"]) for f in frames if "reason" in f.columns])
     assert ours in shown
     assert "Kafka lag per partition" in [h.value for h in at.subheader]
+    lag = [
+        f for f in frames if "partition" in f.columns and "dash-test" in set(f["topic"])
+    ]
+    assert lag, "the Kafka partitions are listed"
+    if "lag" in lag[0].columns:
+        want = dict(
+            db.execute(
+                "SELECT partition, lag FROM iotpipe.kafka_lag WHERE topic = 'dash-test'"
+            ).fetchall()
+        )
+        got = {
+            int(r["partition"]): int(r["lag"])
+            for _, r in lag[0][lag[0]["topic"] == "dash-test"].iterrows()
+        }
+        assert got == want == {0: 30, 1: 0}
+        total = db.execute("SELECT sum(lag) FROM iotpipe.kafka_lag").fetchone()[0]
+        assert m["Total lag (messages)"] == f"{int(total):,}"
     assert "ETL runs" in [h.value for h in at.subheader]
 
 
@@ -531,7 +583,7 @@ def test_report_cli(dash, tmp_path):
             "pdftoppm",
             "-png",
             "-r",
-            "60",
+            "80",
             "-f",
             "1",
             "-l",
