@@ -30,16 +30,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chunk", type=int, default=10_000)
     ap.add_argument("--dir", default="/tmp/iotpipe-bench-ingest")
-    ap.add_argument("--port", type=int, default=55520)
+    ap.add_argument("--port", type=int, default=55530)
     ap.add_argument("--sim-seconds", type=float, default=10.0)
     a = ap.parse_args()
 
-    subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "start", a.dir, str(a.port), "bench"], check=True)
+    subprocess.run(
+        [
+            os.path.join(ROOT, "scripts/pgcluster.sh"),
+            "start",
+            a.dir,
+            str(a.port),
+            "bench",
+        ],
+        check=True,
+    )
     try:
         run(a)
     finally:
@@ -52,59 +63,85 @@ def run(a):
         c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
         c.execute("SELECT iotpipe.create_partitions('2026-01-01', '2026-01-03')")
         t = time.perf_counter()
-        msgs = [r[0] for r in c.execute("SELECT m FROM iotpipe.simulate(1000, %s, 1, '2026-01-01 00:00:00+00') m",
-                                        (a.messages,))]
-        print(f"generated {len(msgs):,} messages ({sum(map(len, msgs)) / len(msgs):.0f} bytes avg) "
-              f"in {time.perf_counter() - t:.1f} s")
+        msgs = [
+            r[0]
+            for r in c.execute(
+                "SELECT m FROM iotpipe.simulate(1000, %s, 1, '2026-01-01 00:00:00+00') m",
+                (a.messages,),
+            )
+        ]
+        print(
+            f"generated {len(msgs):,} messages ({sum(map(len, msgs)) / len(msgs):.0f} bytes avg) "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         # the same rows for COPY
         buf = io.StringIO()
         for m in msgs:
             d = json.loads(m)
-            buf.write(f"{d['sensor_id']}\t{d['ts']}\t{d['temperature']}\t{d['humidity']}\t{d['location']}\n")
+            buf.write(
+                f"{d['sensor_id']}\t{d['ts']}\t{d['temperature']}\t{d['humidity']}\t{d['location']}\n"
+            )
         copy_data = buf.getvalue().encode()
-        chunks = [msgs[i:i + a.chunk] for i in range(0, len(msgs), a.chunk)]
+        chunks = [msgs[i : i + a.chunk] for i in range(0, len(msgs), a.chunk)]
 
         ingest_rates, copy_rates = [], []
         for r in range(a.rounds):
-            c.execute("TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters")
+            c.execute(
+                "TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters"
+            )
             c.execute("CHECKPOINT")
             t = time.perf_counter()
             accepted = 0
             for ch in chunks:
-                accepted += c.execute("SELECT accepted FROM iotpipe.ingest_json(%b)", (ch,)).fetchone()[0]
+                accepted += c.execute(
+                    "SELECT accepted FROM iotpipe.ingest_json(%b)", (ch,)
+                ).fetchone()[0]
             el = time.perf_counter() - t
             assert accepted == len(msgs), accepted
             ingest_rates.append(len(msgs) / el)
 
-            c.execute("TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters")
+            c.execute(
+                "TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters"
+            )
             c.execute("CHECKPOINT")
             t = time.perf_counter()
             with c.cursor() as cur:
-                with cur.copy("COPY iotpipe.readings (sensor_id, ts, temperature, humidity, location) FROM STDIN") as cp:
+                with cur.copy(
+                    "COPY iotpipe.readings (sensor_id, ts, temperature, humidity, location) FROM STDIN"
+                ) as cp:
                     step = 1 << 20
                     for i in range(0, len(copy_data), step):
-                        cp.write(copy_data[i:i + step])
+                        cp.write(copy_data[i : i + step])
             el = time.perf_counter() - t
             n = c.execute("SELECT count(*) FROM iotpipe.readings").fetchone()[0]
             assert n == len(msgs), n
             copy_rates.append(len(msgs) / el)
-            print(f"round {r + 1}: ingest_json {ingest_rates[-1]:,.0f} rows/s   COPY {copy_rates[-1]:,.0f} rows/s   "
-                  f"ratio {ingest_rates[-1] / copy_rates[-1]:.2f}")
+            print(
+                f"round {r + 1}: ingest_json {ingest_rates[-1]:,.0f} rows/s   COPY {copy_rates[-1]:,.0f} rows/s   "
+                f"ratio {ingest_rates[-1] / copy_rates[-1]:.2f}"
+            )
 
         # the simulator worker, direct sink, as fast as it can
         c.execute("TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters")
-        c.execute("SELECT iotpipe.simulator_start(sensors => 1000, rate => 0, malformed_ratio => 0)")
+        c.execute(
+            "SELECT iotpipe.simulator_start(sensors => 1000, rate => 0, malformed_ratio => 0)"
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if c.execute("SELECT count(*) FROM iotpipe.status WHERE worker = 'simulator' AND state = 'running'"
-                         ).fetchone()[0]:
+            if c.execute(
+                "SELECT count(*) FROM iotpipe.status WHERE worker = 'simulator' AND state = 'running'"
+            ).fetchone()[0]:
                 break
             time.sleep(0.1)
         time.sleep(1)
-        m1 = c.execute("SELECT rows FROM iotpipe.status WHERE worker = 'simulator'").fetchone()[0]
+        m1 = c.execute(
+            "SELECT rows FROM iotpipe.status WHERE worker = 'simulator'"
+        ).fetchone()[0]
         t1 = time.perf_counter()
         time.sleep(a.sim_seconds)
-        m2 = c.execute("SELECT rows FROM iotpipe.status WHERE worker = 'simulator'").fetchone()[0]
+        m2 = c.execute(
+            "SELECT rows FROM iotpipe.status WHERE worker = 'simulator'"
+        ).fetchone()[0]
         sim_rate = (m2 - m1) / (time.perf_counter() - t1)
         c.execute("SELECT iotpipe.simulator_stop()")
 
@@ -114,11 +151,15 @@ def run(a):
     print(f"messages per round:            {len(msgs):,}")
     print(f"baseline COPY (median):        {cp:,.0f} rows/s")
     print(f"ingest_json (median):          {ing:,.0f} rows/s")
-    print(f"simulator direct (rate 0):     {sim_rate:,.0f} rows/s (generates its messages too)")
+    print(
+        f"simulator direct (rate 0):     {sim_rate:,.0f} rows/s (generates its messages too)"
+    )
     print(f"ratio ingest_json / COPY:      {ing / cp:.2f}  (target >= 0.70)")
     print(f"ratio simulator / COPY:        {sim_rate / cp:.2f}")
     load = os.getloadavg()
-    print(f"load average during run:       {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; shared machine)")
+    print(
+        f"load average during run:       {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (2 cores; shared machine)"
+    )
     return 0
 
 

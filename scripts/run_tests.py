@@ -138,19 +138,30 @@ def run_integration(expr):
     return passed, failed
 
 
+def run_lint():
+    """C without warnings, ruff check + format, shell syntax: one test."""
+    out = sh([os.path.join(ROOT, "scripts/lint.sh")], capture_output=True, text=True)
+    if out.returncode != 0:
+        print(out.stdout[-5000:] + out.stderr[-5000:])
+        return 0, 1
+    return 1, 0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--suite", action="append", choices=["regress", "pgtap", "integration"]
+        "--suite", action="append", choices=["lint", "regress", "pgtap", "integration"]
     )
     ap.add_argument("-k", dest="expr")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     a = ap.parse_args()
-    suites = a.suite or ["regress", "pgtap", "integration"]
+    suites = a.suite or ["lint", "regress", "pgtap", "integration"]
 
     t0 = time.time()
-    start_cluster()
     results = {}
+    if "lint" in suites:
+        results["lint"] = run_lint()
+    start_cluster()
     try:
         if "regress" in suites:
             results["pg_regress"] = run_regress()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Lint: C builds without warnings (-Wall -Wextra -Werror), Python passes
+# ruff check and ruff format --check, shell scripts parse.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rc=0
+PY_DIRS=(bench dashboard scripts test)
+.venv/bin/ruff check "${PY_DIRS[@]}" || rc=1
+.venv/bin/ruff format --check "${PY_DIRS[@]}" || rc=1
+for f in scripts/*.sh test/kafka/*.sh dashboard/*.sh docker/*.sh .ci/run; do
+  [ -f "$f" ] && { bash -n "$f" || rc=1; }
+done
+make -s with_llvm=no clean >/dev/null
+make -s with_llvm=no 2>&1 | tee /tmp/iotpipe-build.log
+if grep -q "warning:" /tmp/iotpipe-build.log; then rc=1; fi
+exit $rc
