@@ -205,6 +205,13 @@ class RateSampler:
                 return
             self.samples.append((now, total_readings, worker_rate))
 
+    def recent_rate(self, max_age_s: float = 10.0) -> float | None:
+        """Readings/s from the counter between the last two samples, if they are recent."""
+        s = self.series()
+        if s and time.time() - s[-1][0] <= max_age_s:
+            return s[-1][1]
+        return None
+
     def series(self):
         """[(unix time, readings/s from the counter delta, readings/s reported by the workers)]"""
         with self.lock:

@@ -342,6 +342,19 @@ def test_unreachable_database():
         ]
 
 
+def test_configuration(dash):
+    """No URL at all: a message saying how to configure; the URL from secrets.toml works."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ.pop("IOTPIPE_DASHBOARD_URL", None)
+    at = run_page(AppTest.from_file(APP, default_timeout=60))
+    assert any("No database configured" in e.value for e in at.error)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["connections"] = {"iotpipe": {"url": URL}}
+    run_page(at, "pages/system.py")
+    assert not at.error and "Workers running" in metrics(at)
+
+
 def test_extension_missing():
     c = connect("postgres")
     try:
