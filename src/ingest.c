@@ -41,6 +41,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 typedef struct IotReject
@@ -495,6 +496,24 @@ iotpipe_ingest_write_sensors(bool all)
 		elog(ERROR, "SPI_connect failed");
 	iotpipe_sensors_write(all);
 	SPI_finish();
+}
+
+/*
+ * For workers with nothing to ingest: write the sensors that became due, in
+ * a short transaction of its own, so that iotpipe.sensors does not stay
+ * behind when a stream stops.  Cheap when there is nothing held back.
+ */
+void
+iotpipe_ingest_idle(void)
+{
+	if (!iotpipe_sensors_pending() || IsTransactionState())
+		return;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	iotpipe_ingest_write_sensors(false);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 }
 
 /* ---------- SQL: iotpipe.ingest_json(text[]) / ingest_json_bytes(bytea[]) ---------- */

@@ -176,6 +176,8 @@ extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejec
 
 /* write the sensors held back by this backend (sensors.c), in the current transaction */
 extern void iotpipe_ingest_write_sensors(bool all);
+/* workers call this when idle (outside a transaction): writes due sensors */
+extern void iotpipe_ingest_idle(void);
 
 /* ---------- sensors.c ---------- */
 extern int	iotpipe_sensor_refresh_ms;

@@ -99,6 +99,10 @@ sim_wait(long timeout_ms)
 {
 	int			rc;
 
+	/* nothing due now: keep iotpipe.sensors current meanwhile */
+	if (timeout_ms >= 10)
+		iotpipe_ingest_idle();
+
 	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 				   timeout_ms, PG_WAIT_EXTENSION);
 	if (rc & WL_LATCH_SET)
