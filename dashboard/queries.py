@@ -128,7 +128,9 @@ SELECT r.rule_id, r.name, r.kind, r.metric, r.op, r.threshold,
 
 CHART_ALERTS = """
 SELECT a.alert_id, a.sensor_id, a.severity, a.state, a.value, a.started_at, a.resolved_at,
-       r.name AS rule, r.metric
+       r.name AS rule, r.kind, r.metric,
+       -- where to draw the marker: the reading that fired it (threshold: the value itself)
+       coalesce((to_jsonb(a) ->> 'reading')::float8, CASE WHEN r.kind = 'threshold' THEN a.value END) AS y
   FROM iotpipe.alerts a
   JOIN iotpipe.alert_rules r USING (rule_id)
  WHERE a.started_at >= %(since)s
@@ -139,7 +141,11 @@ SELECT a.alert_id, a.sensor_id, a.severity, a.state, a.value, a.started_at, a.re
  LIMIT 500
 """
 
-_ALERT_COLS = """a.alert_id, a.rule_id, r.name AS rule, a.sensor_id, a.severity, a.state, a.value,
+# reading: the raw metric value that fired the alert (alert engine column, read through
+# to_jsonb so that an older alerts table without it still works); value is the compared
+# quantity (the reading, a change per minute, a z-score or seconds without data, by kind).
+_ALERT_COLS = """a.alert_id, a.rule_id, r.name AS rule, r.kind, a.sensor_id, a.severity, a.state, a.value,
+       (to_jsonb(a) ->> 'reading')::float8 AS reading,
        r.metric, r.op, r.threshold, a.started_at, a.resolved_at, a.acked_at, a.acked_by"""
 
 ALERT_FEED = f"""

@@ -123,7 +123,7 @@ class AlertListener(threading.Thread):
     It stops by itself when nobody drained its queue for IDLE_S seconds (the browser
     session went away), and reconnects after errors."""
 
-    IDLE_S = 120
+    IDLE_S = 30
 
     def __init__(self, url: str):
         super().__init__(daemon=True, name="iotpipe-alert-listener")

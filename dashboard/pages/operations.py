@@ -149,7 +149,9 @@ def live_chart(mode, target, metric, window_s):
             y_min = min(y_min, float(rules["threshold"].min()))
             y_max = max(y_max, float(rules["threshold"].max()))
         pad = max(1.0, (y_max - y_min) * 0.1)
-        y_scale = alt.Scale(domain=[y_min - pad, y_max + pad], nice=False)
+        y_scale = alt.Scale(
+            zero=False, nice=False
+        )  # constant spec: Streamlit updates data in place
         unit = "°C" if metric == "temperature" else "%RH"
         color = alt.Color(
             "sensor_id:N",
@@ -173,7 +175,7 @@ def live_chart(mode, target, metric, window_s):
             )
             layers.append(
                 alt.Chart(bands)
-                .mark_rect(opacity=0.12)
+                .mark_rect(opacity=0.12, clip=True)
                 .encode(
                     y=alt.Y("lo:Q", scale=y_scale),
                     y2="hi:Q",
@@ -187,7 +189,7 @@ def live_chart(mode, target, metric, window_s):
             )
             layers.append(
                 alt.Chart(bands)
-                .mark_rule(strokeDash=[4, 3])
+                .mark_rule(strokeDash=[4, 3], clip=True)
                 .encode(
                     y=alt.Y("threshold:Q", scale=y_scale),
                     color=alt.Color("severity:N", scale=sev_scale, legend=None),
@@ -197,7 +199,7 @@ def live_chart(mode, target, metric, window_s):
         layers.append(line)
         if not alerts.empty:
             alerts["started_at"] = pd.to_datetime(alerts["started_at"], utc=True)
-            alerts = alerts[alerts["metric"].isna() | (alerts["metric"] == metric)]
+            alerts = alerts[(alerts["metric"] == metric) & alerts["y"].notna()]
             sev_scale = alt.Scale(
                 domain=list(SEVERITY_COLORS), range=list(SEVERITY_COLORS.values())
             )
@@ -206,7 +208,7 @@ def live_chart(mode, target, metric, window_s):
                 .mark_point(shape="triangle-up", size=120, filled=True)
                 .encode(
                     x="started_at:T",
-                    y=alt.Y("value:Q", scale=y_scale),
+                    y=alt.Y("y:Q", scale=y_scale),
                     color=alt.Color("severity:N", scale=sev_scale, legend=None),
                     tooltip=[
                         "alert_id",
@@ -246,6 +248,27 @@ def _toast_new(alerts):
                 f"{a.get('sensor_id')} (value {a.get('value')})",
                 icon=":material/warning:",
             )
+
+
+def _alert_value(row) -> str:
+    """' · temperature = 48.2' / ' · z = 7.1 (temperature 35.0)' / ' · silent 31 s', by rule kind."""
+    metric = row.metric if isinstance(row.metric, str) else ""
+    v = None if pd.isna(row.value) else float(row.value)
+    reading = None if pd.isna(row.reading) else float(row.reading)
+    if row.kind == "offline":
+        return f" · silent {v:.0f} s" if v is not None else " · offline"
+    if row.kind == "anomaly":
+        out = f" · {metric} z = {v:.1f}" if v is not None else f" · {metric}"
+        return out + (f" ({reading:.2f})" if reading is not None else "")
+    if row.kind == "rate":
+        out = f" · {metric} {v:+.2f}/min" if v is not None else f" · {metric}"
+        return out + (f" ({reading:.2f})" if reading is not None else "")
+    shown = reading if reading is not None else v
+    return (
+        f" · {metric} = {shown:.2f}"
+        if shown is not None
+        else (f" · {metric}" if metric else "")
+    )
 
 
 def _ack(alert_id: int):
@@ -320,15 +343,16 @@ def alert_feed():
         if df.empty:
             st.info("No alerts yet.")
             return
+        box = st.container(height=460) if len(df) > 6 else st.container()
         for row in df.itertuples():
-            cols = st.columns([5, 1.3], vertical_alignment="center")
+            cols = box.columns([3.4, 1.6], vertical_alignment="center")
             when = pd.Timestamp(row.started_at).strftime("%H:%M:%S")
             state = (
                 "**FIRING**"
                 if row.state == "firing"
                 else f"resolved {pd.Timestamp(row.resolved_at):%H:%M:%S}"
             )
-            val = "" if pd.isna(row.value) else f" = {row.value:.2f}"
+            what = _alert_value(row)
             rule = row.rule if isinstance(row.rule, str) else f"rule {row.rule_id}"
             acked = (
                 f" · acked by {row.acked_by} at {pd.Timestamp(row.acked_at):%H:%M:%S}"
@@ -337,7 +361,7 @@ def alert_feed():
             )
             cols[0].markdown(
                 f"{SEVERITY_BADGES.get(row.severity, row.severity)} #{row.alert_id} · **{rule}** · {row.sensor_id}"
-                f"{(' · ' + str(row.metric) + val) if isinstance(row.metric, str) else val}"
+                f"{what}"
                 f" · {state} since {when}{acked}"
             )
             if pd.isna(row.acked_at):
