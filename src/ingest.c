@@ -506,8 +506,15 @@ iotpipe_ingest_write_sensors(bool all)
 void
 iotpipe_ingest_idle(void)
 {
+	static TimestampTz last_idle_write = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
 	if (!iotpipe_sensors_pending() || IsTransactionState())
 		return;
+	/* at most a few times per refresh interval */
+	if (now - last_idle_write < (int64) iotpipe_sensor_refresh_ms * 1000 / 4)
+		return;
+	last_idle_write = now;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
