@@ -469,6 +469,7 @@ def test_browser(dash, server, browser):
     a1, a2 = dash["alerts"]
 
     # Operations: KPI labels, an alert with its sensor, the live LISTEN feed
+    d.set_window_size(1600, 1450)
     d.get(server)
     wait_text(
         d,
@@ -514,6 +515,7 @@ def test_browser(dash, server, browser):
     wait_text(d, "acked by operator", timeout=20)
 
     # Analytics
+    d.set_window_size(1600, 1150)
     d.get(server + "analytics")
     has_dw = db.execute(
         "SELECT to_regclass('iotpipe_dw.fact_sensor_hourly') IS NOT NULL"
@@ -526,6 +528,7 @@ def test_browser(dash, server, browser):
     d.save_screenshot(os.path.join(IMG, "analytics.png"))
 
     # System
+    d.set_window_size(1600, 2050)
     d.get(server + "system")
     wait_text(
         d,
