@@ -135,8 +135,7 @@ emit_logs(void)
 /* options iotpipe sets itself: they carry the exactly-once design */
 static const char *const reserved_options[] = {
 	"bootstrap.servers", "metadata.broker.list", "group.id", "enable.auto.commit",
-	"enable.auto.offset.store", "log.queue", "auto.commit.enable", "enable.auto.commit",
-	NULL
+	"enable.auto.offset.store", "log.queue", "group.instance.id", NULL
 };
 
 static bool
@@ -559,6 +558,23 @@ rk_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	/* Kafka-side commits are informational; the table is the truth */
 }
 
+/*
+ * Defaults iotpipe picks where librdkafka's suit a long-running ingest worker
+ * badly; options override them.  Short sessions and reconnect backoff: a
+ * crashed worker's partitions move on within seconds, a broker that is back
+ * is found quickly; fast metadata refresh: new topics and partitions within
+ * seconds; earliest: a new source reads the topic from the start.
+ */
+static const char *const consumer_defaults[][2] = {
+	{"topic.metadata.refresh.interval.ms", "5000"},
+	{"auto.offset.reset", "earliest"},
+	{"allow.auto.create.topics", "false"},
+	{"session.timeout.ms", "10000"},
+	{"heartbeat.interval.ms", "2000"},
+	{"reconnect.backoff.max.ms", "2000"},
+	{NULL, NULL}
+};
+
 static Consumer *
 consumer_create(int index, char *errbuf, size_t errlen)
 {
@@ -567,20 +583,14 @@ consumer_create(int index, char *errbuf, size_t errlen)
 	Consumer   *c;
 	char	   *err;
 	char		client_id[300];
-	bool		have_refresh = false,
-				have_reset = false,
-				have_autocreate = false;
-	int			i;
+	int			i,
+				j;
 	rd_kafka_resp_err_t rerr;
 
 	c = MemoryContextAllocZero(workcxt, sizeof(Consumer));
-	c->nparts = 16;
-	c->parts = MemoryContextAllocZero(workcxt, sizeof(PartState) * c->nparts);
-	for (i = 0; i < c->nparts; i++)
-	{
-		c->parts[i].committed = c->parts[i].pos = -1;
-		c->parts[i].lo = c->parts[i].hi = c->parts[i].hi_written = -1;
-	}
+	c->nparts = 0;
+	c->parts = MemoryContextAllocZero(workcxt, sizeof(PartState));
+	(void) part_state(c, 15);
 
 	err = apply_options(conf, cfg.nopts, cfg.keys, cfg.vals);
 	if (err)
@@ -589,26 +599,31 @@ consumer_create(int index, char *errbuf, size_t errlen)
 		rd_kafka_conf_destroy(conf);
 		return NULL;
 	}
-	for (i = 0; i < cfg.nopts; i++)
+	for (i = 0; consumer_defaults[i][0]; i++)
 	{
-		if (strcmp(cfg.keys[i], "topic.metadata.refresh.interval.ms") == 0)
-			have_refresh = true;
-		else if (strcmp(cfg.keys[i], "auto.offset.reset") == 0)
-			have_reset = true;
-		else if (strcmp(cfg.keys[i], "allow.auto.create.topics") == 0)
-			have_autocreate = true;
+		for (j = 0; j < cfg.nopts; j++)
+			if (strcmp(cfg.keys[j], consumer_defaults[i][0]) == 0)
+				break;
+		if (j == cfg.nopts &&
+			!conf_set(conf, consumer_defaults[i][0], consumer_defaults[i][1], errbuf, errlen))
+		{
+			rd_kafka_conf_destroy(conf);
+			return NULL;
+		}
 	}
+	/*
+	 * A stable identity per worker (static membership): a worker back from a
+	 * crash or restart takes its partitions back at once instead of waiting
+	 * for its old session to expire.
+	 */
 	snprintf(client_id, sizeof(client_id), "iotpipe-%s-%d", cfg.topic, index + 1);
 	if (!conf_set(conf, "bootstrap.servers", cfg.brokers, errbuf, errlen) ||
 		!conf_set(conf, "group.id", cfg.group_id, errbuf, errlen) ||
 		!conf_set(conf, "client.id", client_id, errbuf, errlen) ||
+		!conf_set(conf, "group.instance.id", client_id, errbuf, errlen) ||
 		!conf_set(conf, "enable.auto.commit", "false", errbuf, errlen) ||
 		!conf_set(conf, "enable.auto.offset.store", "false", errbuf, errlen) ||
-		!conf_set(conf, "log.queue", "true", errbuf, errlen) ||
-		/* new topics and partitions are picked up within seconds */
-		(!have_refresh && !conf_set(conf, "topic.metadata.refresh.interval.ms", "5000", errbuf, errlen)) ||
-		(!have_reset && !conf_set(conf, "auto.offset.reset", "earliest", errbuf, errlen)) ||
-		(!have_autocreate && !conf_set(conf, "allow.auto.create.topics", "false", errbuf, errlen)))
+		!conf_set(conf, "log.queue", "true", errbuf, errlen))
 	{
 		rd_kafka_conf_destroy(conf);
 		return NULL;
@@ -1054,6 +1069,16 @@ note_error(Health *h, rd_kafka_resp_err_t err, const char *text)
 	bool		topic = is_topic_error(err);
 
 	iotpipe_set_error("kafka: %s", text);
+	/* errors that mean "cannot reach the data": connections, topic */
+	if (!topic && err != RD_KAFKA_RESP_ERR__TRANSPORT && err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN &&
+		err != RD_KAFKA_RESP_ERR__RESOLVE && err != RD_KAFKA_RESP_ERR__TIMED_OUT &&
+		err != RD_KAFKA_RESP_ERR__AUTHENTICATION && err != RD_KAFKA_RESP_ERR__SSL &&
+		err != RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED &&
+		err != RD_KAFKA_RESP_ERR_BROKER_NOT_AVAILABLE)
+	{
+		ereport(LOG, (errmsg("%s: %s", who, text)));
+		return;
+	}
 	if (!h->outage || h->topic_missing != topic)
 	{
 		ereport(LOG,
@@ -1211,7 +1236,23 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 
 			if (m->err)
 			{
-				if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET &&
+					(ps = part_state(c, m->partition)) != NULL && ps->assigned)
+				{
+					/*
+					 * The stored offset is out of the log's range (retention
+					 * deleted it, or the topic was re-created): librdkafka
+					 * went to auto.offset.reset; take what comes from there.
+					 */
+					ps->pos = -1;
+					ereport(WARNING,
+							(errmsg("%s: partition %d: %s", who, m->partition,
+									rd_kafka_message_errstr(m)),
+							 errdetail("The stored next offset was " INT64_FORMAT "; consumption goes on from where auto.offset.reset points.",
+									   ps->committed)));
+					iotpipe_set_error("kafka: partition %d: %s", m->partition, rd_kafka_message_errstr(m));
+				}
+				else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				{
 					note_error(&health, m->err, rd_kafka_message_errstr(m));
 					publish_state(c, &health, joined);
