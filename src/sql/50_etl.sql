@@ -228,6 +228,7 @@ CREATE FUNCTION iotpipe._etl_outlier(x float8, n bigint, mean float8, var float8
 CREATE FUNCTION iotpipe._run_etl(run iotpipe.etl_runs) RETURNS iotpipe.etl_runs
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
+    SET enable_mergejoin = off
 AS
 $$
 DECLARE
@@ -237,47 +238,55 @@ DECLARE
     lo        bigint;
     full_load bool;
     n         bigint;
+    -- The candidate rows: raw readings of transactions finished at this
+    -- run's snapshot ($2) and not at the previous run's ($3), plus what an
+    -- earlier run held back, with ts < until ($4).  $1 is the previous
+    -- snapshot's xmin: older transactions were all finished then (and the
+    -- BRIN index skips their pages).  Every statement below reads exactly
+    -- this set, whatever commits meanwhile: a transaction that commits
+    -- after the snapshot is not visible in it, and waits for the next run.
+    cand      text;
+    upsert_f  text := '';
+    upsert_h  text := '';
 BEGIN
-    -- the last successful run's snapshot: its transactions are done
     SELECT r.snapshot INTO prev_snap
       FROM iotpipe.etl_runs r
      WHERE r.status = 'ok' AND r.run_id < run.run_id
      ORDER BY r.run_id DESC LIMIT 1;
-    prev_snap := coalesce(prev_snap, '1:1:'::pg_snapshot);
-    lo := pg_snapshot_xmin(prev_snap)::text::bigint;
+    cand := 'SELECT r.sensor_id, r.ts, r.temperature, r.humidity, r.location, r.ingest_xid, r.ctid AS ord'
+         || ' FROM iotpipe.readings r WHERE pg_visible_in_snapshot(r.ingest_xid, $2)';
+    IF prev_snap IS NOT NULL THEN
+        lo := pg_snapshot_xmin(prev_snap)::text::bigint;
+        cand := cand || ' AND (r.ingest_xid::text)::bigint >= $1'
+                     || ' AND NOT pg_visible_in_snapshot(r.ingest_xid, $3)';
+    END IF;
+    IF run.until IS NOT NULL THEN
+        cand := cand || ' AND r.ts < $4';
+    END IF;
+    cand := cand || ' UNION ALL SELECT p.sensor_id, p.ts, p.temperature, p.humidity, p.location,'
+                 || ' p.ingest_xid, p.ord FROM iotpipe.etl_pending p'
+                 || ' WHERE $4::timestamptz IS NULL OR p.ts < $4';
 
     TRUNCATE iotpipe.etl_stage_summary, iotpipe.etl_stage_hours, iotpipe.etl_stage_days;
 
-    -- The candidate rows, in every statement below: raw readings of
-    -- transactions finished at this run's snapshot and not at the previous
-    -- one (plus what an earlier run held back), with ts < until.
     PERFORM iotpipe._etl_progress(run.run_id, 'summarising new readings', t0);
-    INSERT INTO iotpipe.etl_stage_summary
-    SELECT c.sensor_id, c.location, count(*), min(c.ts), max(c.ts)
-      FROM (SELECT r.sensor_id, r.ts, r.location
-              FROM iotpipe.readings r
-             WHERE (r.ingest_xid::text)::bigint >= lo
-               AND pg_visible_in_snapshot(r.ingest_xid, snap)
-               AND NOT pg_visible_in_snapshot(r.ingest_xid, prev_snap)
-               AND (run.until IS NULL OR r.ts < run.until)
-            UNION ALL
-            SELECT p.sensor_id, p.ts, p.location
-              FROM iotpipe.etl_pending p
-             WHERE run.until IS NULL OR p.ts < run.until) c
-     GROUP BY c.sensor_id, c.location;
+    EXECUTE 'INSERT INTO iotpipe.etl_stage_summary'
+         || ' SELECT c.sensor_id, c.location, count(*), min(c.ts), max(c.ts)'
+         || ' FROM (' || cand || ') c GROUP BY c.sensor_id, c.location'
+      USING lo, snap, prev_snap, run.until;
     SELECT coalesce(sum(s.n), 0), min(s.min_ts), max(s.max_ts)
       INTO run.rows_read, run.window_start, run.window_end
       FROM iotpipe.etl_stage_summary s;
     ANALYZE iotpipe.etl_stage_summary;
 
     IF run.until IS NOT NULL THEN
-        INSERT INTO iotpipe.etl_pending
-        SELECT r.sensor_id, r.ts, r.temperature, r.humidity, r.location, r.ingest_xid, r.ctid
-          FROM iotpipe.readings r
-         WHERE (r.ingest_xid::text)::bigint >= lo
-           AND pg_visible_in_snapshot(r.ingest_xid, snap)
-           AND NOT pg_visible_in_snapshot(r.ingest_xid, prev_snap)
-           AND r.ts >= run.until;
+        EXECUTE 'INSERT INTO iotpipe.etl_pending'
+             || ' SELECT r.sensor_id, r.ts, r.temperature, r.humidity, r.location, r.ingest_xid, r.ctid'
+             || ' FROM iotpipe.readings r WHERE pg_visible_in_snapshot(r.ingest_xid, $2) AND r.ts >= $4'
+             || CASE WHEN prev_snap IS NULL THEN ''
+                     ELSE ' AND (r.ingest_xid::text)::bigint >= $1'
+                          ' AND NOT pg_visible_in_snapshot(r.ingest_xid, $3)' END
+          USING lo, snap, prev_snap, run.until;
         SELECT count(*) INTO run.rows_deferred FROM iotpipe.etl_pending p WHERE p.ts >= run.until;
     END IF;
 
@@ -308,60 +317,45 @@ BEGIN
     -- SCD2.  A sensor's version changes when a reading newer than every
     -- reading already loaded for it reports another location; late readings
     -- never split history.  Versions cover event time without gaps.
-    CREATE TEMP TABLE etl_changes ON COMMIT DROP AS
-    WITH sensors AS (
-        SELECT s.sensor_id,
-               cur.sensor_key, cur.version, cur.location_key AS cur_loc,
-               coalesce(greatest(cur.valid_from,
-                                 (SELECT max(f.ts) FROM iotpipe_dw.fact_reading f
-                                   WHERE f.sensor_key = cur.sensor_key)), '-infinity') AS hwm,
-               count(DISTINCT s.location) AS nloc,
-               min(l.location_key) AS one_loc
-          FROM iotpipe.etl_stage_summary s
-          LEFT JOIN iotpipe_dw.dim_sensor cur ON cur.sensor_id = s.sensor_id AND cur.is_current
-          LEFT JOIN iotpipe_dw.dim_location l ON l.location = s.location
-         GROUP BY s.sensor_id, cur.sensor_key, cur.version, cur.location_key, cur.valid_from
-    ),
-    -- sensors whose new readings may carry a change: look at them in order
-    seq_sensors AS (
-        SELECT se.* FROM sensors se
-         WHERE (se.sensor_key IS NULL AND se.nloc > 1)
-            OR (se.sensor_key IS NOT NULL AND EXISTS (
-                    SELECT FROM iotpipe.etl_stage_summary s
-                      JOIN iotpipe_dw.dim_location l ON l.location = s.location
-                     WHERE s.sensor_id = se.sensor_id AND l.location_key <> se.cur_loc
-                       AND s.max_ts > se.hwm))
-    ),
-    seq AS (
-        SELECT DISTINCT ON (c.sensor_id, c.ts) c.sensor_id, c.ts, l.location_key, q.cur_loc
-          FROM (SELECT r.sensor_id, r.ts, r.location, r.ingest_xid, r.ctid AS ord
-                  FROM iotpipe.readings r
-                 WHERE (r.ingest_xid::text)::bigint >= lo
-                   AND pg_visible_in_snapshot(r.ingest_xid, snap)
-                   AND NOT pg_visible_in_snapshot(r.ingest_xid, prev_snap)
-                   AND (run.until IS NULL OR r.ts < run.until)
-                   AND r.sensor_id IN (SELECT sensor_id FROM seq_sensors)
-                UNION ALL
-                SELECT p.sensor_id, p.ts, p.location, p.ingest_xid, p.ord
-                  FROM iotpipe.etl_pending p
-                 WHERE (run.until IS NULL OR p.ts < run.until)
-                   AND p.sensor_id IN (SELECT sensor_id FROM seq_sensors)) c
-          JOIN seq_sensors q ON q.sensor_id = c.sensor_id
-          JOIN iotpipe_dw.dim_location l ON l.location = c.location
-         WHERE c.ts > q.hwm
-         ORDER BY c.sensor_id, c.ts, c.ingest_xid, c.ord
-    ),
-    seq_changes AS (
-        SELECT x.sensor_id, x.ts, x.location_key
-          FROM (SELECT seq.*, lag(seq.location_key) OVER (PARTITION BY seq.sensor_id ORDER BY seq.ts) AS prev
-                  FROM seq) x
-         WHERE x.location_key IS DISTINCT FROM coalesce(x.prev, x.cur_loc)
-    )
-    SELECT c.sensor_id, c.ts, c.location_key FROM seq_changes c
-    UNION ALL
+    CREATE TEMP TABLE etl_sensors ON COMMIT DROP AS
+    SELECT s.sensor_id,
+           cur.sensor_key, cur.version, cur.location_key AS cur_loc,
+           coalesce(greatest(cur.valid_from,
+                             (SELECT max(f.ts) FROM iotpipe_dw.fact_reading f
+                               WHERE f.sensor_key = cur.sensor_key)), '-infinity') AS hwm,
+           count(DISTINCT s.location) AS nloc,
+           min(l.location_key) AS one_loc
+      FROM iotpipe.etl_stage_summary s
+      LEFT JOIN iotpipe_dw.dim_sensor cur ON cur.sensor_id = s.sensor_id AND cur.is_current
+      LEFT JOIN iotpipe_dw.dim_location l ON l.location = s.location
+     GROUP BY s.sensor_id, cur.sensor_key, cur.version, cur.location_key, cur.valid_from;
+    -- sensors whose new readings may carry a change: looked at in order
+    CREATE TEMP TABLE etl_seq_sensors ON COMMIT DROP AS
+    SELECT se.* FROM etl_sensors se
+     WHERE (se.sensor_key IS NULL AND se.nloc > 1)
+        OR (se.sensor_key IS NOT NULL AND EXISTS (
+                SELECT FROM iotpipe.etl_stage_summary s
+                  JOIN iotpipe_dw.dim_location l ON l.location = s.location
+                 WHERE s.sensor_id = se.sensor_id AND l.location_key <> se.cur_loc
+                   AND s.max_ts > se.hwm));
+    CREATE TEMP TABLE etl_changes (sensor_id text, ts timestamptz, location_key int) ON COMMIT DROP;
+    IF EXISTS (SELECT FROM etl_seq_sensors) THEN
+        EXECUTE 'INSERT INTO etl_changes'
+             || ' SELECT x.sensor_id, x.ts, x.location_key FROM ('
+             || '  SELECT seq.*, lag(seq.location_key) OVER (PARTITION BY seq.sensor_id ORDER BY seq.ts) AS prev'
+             || '  FROM (SELECT DISTINCT ON (c.sensor_id, c.ts) c.sensor_id, c.ts, l.location_key, q.cur_loc'
+             || '        FROM (' || cand || ') c'
+             || '        JOIN etl_seq_sensors q ON q.sensor_id = c.sensor_id'
+             || '        JOIN iotpipe_dw.dim_location l ON l.location = c.location'
+             || '       WHERE c.ts > q.hwm'
+             || '       ORDER BY c.sensor_id, c.ts, c.ingest_xid, c.ord) seq) x'
+             || ' WHERE x.location_key IS DISTINCT FROM coalesce(x.prev, x.cur_loc)'
+          USING lo, snap, prev_snap, run.until;
+    END IF;
     -- new sensors with one location (or none): one version
-    SELECT se.sensor_id, '-infinity'::timestamptz, coalesce(se.one_loc, 0)
-      FROM sensors se
+    INSERT INTO etl_changes
+    SELECT se.sensor_id, '-infinity', coalesce(se.one_loc, 0)
+      FROM etl_sensors se
      WHERE se.sensor_key IS NULL AND se.nloc <= 1;
 
     UPDATE iotpipe_dw.dim_sensor d
@@ -383,76 +377,78 @@ BEGIN
     WINDOW w AS (PARTITION BY c.sensor_id ORDER BY c.ts);
     GET DIAGNOSTICS n = ROW_COUNT;
     run.sensor_versions := n;
-    DROP TABLE etl_changes;
+    DROP TABLE etl_sensors, etl_seq_sensors, etl_changes;
 
     ---------------------------------------------------------------- facts
     full_load := NOT EXISTS (SELECT FROM iotpipe_dw.fact_reading);
-    IF NOT full_load THEN
+    IF full_load THEN
+        -- an empty warehouse: plain inserts into fresh files (with
+        -- wal_level = minimal they skip the WAL); readers of these empty
+        -- tables wait for the load
+        TRUNCATE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily;
+    ELSE
         -- the sensor-hours the new readings touch; flags are recomputed one
         -- hour around them, from facts two hours around them
         PERFORM iotpipe._etl_progress(run.run_id, 'finding touched hours', t0);
-        INSERT INTO iotpipe.etl_stage_hours
-        SELECT DISTINCT d.sensor_key, date_trunc('hour', c.ts, 'UTC')
-          FROM (SELECT r.sensor_id, r.ts
-                  FROM iotpipe.readings r
-                 WHERE (r.ingest_xid::text)::bigint >= lo
-                   AND pg_visible_in_snapshot(r.ingest_xid, snap)
-                   AND NOT pg_visible_in_snapshot(r.ingest_xid, prev_snap)
-                   AND (run.until IS NULL OR r.ts < run.until)
-                UNION ALL
-                SELECT p.sensor_id, p.ts FROM iotpipe.etl_pending p
-                 WHERE run.until IS NULL OR p.ts < run.until) c
-          JOIN iotpipe_dw.dim_sensor d
-            ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to;
+        EXECUTE 'INSERT INTO iotpipe.etl_stage_hours'
+             || ' SELECT DISTINCT d.sensor_key, date_trunc(''hour'', c.ts, ''UTC'')'
+             || ' FROM (' || cand || ') c JOIN iotpipe_dw.dim_sensor d'
+             || '   ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to'
+          USING lo, snap, prev_snap, run.until;
         ANALYZE iotpipe.etl_stage_hours;
+        upsert_f := $u$
+        ON CONFLICT (sensor_key, ts) DO UPDATE
+           SET temperature = excluded.temperature, humidity = excluded.humidity,
+               copies = excluded.copies, is_duplicate = excluded.is_duplicate,
+               is_outlier = excluded.is_outlier, is_stuck = excluded.is_stuck,
+               ingest_xid = excluded.ingest_xid
+         WHERE (f.temperature, f.humidity, f.copies, f.is_outlier, f.is_stuck, f.ingest_xid)
+               IS DISTINCT FROM
+               (excluded.temperature, excluded.humidity, excluded.copies, excluded.is_outlier,
+                excluded.is_stuck, excluded.ingest_xid)$u$;
+        upsert_h := $u$
+        ON CONFLICT (sensor_key, hour_start) DO UPDATE
+           SET readings = excluded.readings, temperature_n = excluded.temperature_n,
+               temperature_avg = excluded.temperature_avg, temperature_min = excluded.temperature_min,
+               temperature_max = excluded.temperature_max, temperature_stddev = excluded.temperature_stddev,
+               humidity_n = excluded.humidity_n, humidity_avg = excluded.humidity_avg,
+               humidity_min = excluded.humidity_min, humidity_max = excluded.humidity_max,
+               humidity_stddev = excluded.humidity_stddev, anomalies = excluded.anomalies,
+               outliers = excluded.outliers, stuck = excluded.stuck, duplicates = excluded.duplicates
+         WHERE (h.readings, h.temperature_n, h.temperature_avg, h.temperature_min, h.temperature_max,
+                h.temperature_stddev, h.humidity_n, h.humidity_avg, h.humidity_min, h.humidity_max,
+                h.humidity_stddev, h.anomalies, h.outliers, h.stuck, h.duplicates)
+               IS DISTINCT FROM
+               (excluded.readings, excluded.temperature_n, excluded.temperature_avg,
+                excluded.temperature_min, excluded.temperature_max, excluded.temperature_stddev,
+                excluded.humidity_n, excluded.humidity_avg, excluded.humidity_min,
+                excluded.humidity_max, excluded.humidity_stddev, excluded.anomalies,
+                excluded.outliers, excluded.stuck, excluded.duplicates)$u$;
     END IF;
 
     PERFORM iotpipe._etl_progress(run.run_id,
         CASE WHEN full_load THEN 'loading facts (full)' ELSE 'loading facts' END, t0);
+    EXECUTE format($q$
     WITH
-    -- sensor-hours whose flags and aggregates are recomputed (FT) and the
-    -- hours read for context (CT)
-    ft AS (
-        SELECT DISTINCT h.sensor_key, h.hour_start + o * interval '1 hour' AS hour_start
-          FROM iotpipe.etl_stage_hours h, generate_series(-1, 1) o
-    ),
-    ct AS (
-        SELECT DISTINCT h.sensor_key, h.hour_start + o * interval '1 hour' AS hour_start
-          FROM iotpipe.etl_stage_hours h, generate_series(-2, 2) o
-    ),
-    cand AS (
-        SELECT d.sensor_key, c.ts, c.temperature, c.humidity, c.ingest_xid, c.ord,
-               1 AS copies, false AS existing
-          FROM (SELECT r.sensor_id, r.ts, r.temperature, r.humidity, r.ingest_xid, r.ctid AS ord
-                  FROM iotpipe.readings r
-                 WHERE (r.ingest_xid::text)::bigint >= lo
-                   AND pg_visible_in_snapshot(r.ingest_xid, snap)
-                   AND NOT pg_visible_in_snapshot(r.ingest_xid, prev_snap)
-                   AND (run.until IS NULL OR r.ts < run.until)
-                UNION ALL
-                SELECT p.sensor_id, p.ts, p.temperature, p.humidity, p.ingest_xid, p.ord
-                  FROM iotpipe.etl_pending p
-                 WHERE run.until IS NULL OR p.ts < run.until) c
+    keyed_cand AS (
+        SELECT d.sensor_key, d.location_key, c.ts, c.temperature, c.humidity, c.ingest_xid, c.ord,
+               1 AS copies
+          FROM (%1$s) c
           JOIN iotpipe_dw.dim_sensor d
             ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to
-        UNION ALL
-        SELECT f.sensor_key, f.ts, f.temperature, f.humidity, f.ingest_xid, '(0,0)'::tid,
-               f.copies, true
-          FROM ct JOIN iotpipe_dw.fact_reading f
-            ON f.sensor_key = ct.sensor_key AND f.ts >= ct.hour_start
-           AND f.ts < ct.hour_start + interval '1 hour'
-         WHERE NOT full_load
+        %2$s
     ),
     -- one row per (sensor, ts): the first ingested wins; copies add up
     dedup AS (
-        SELECT x.sensor_key, x.ts, x.hour_start, x.temperature, x.humidity, x.ingest_xid, x.copies
-          FROM (SELECT cand.sensor_key, cand.ts, date_trunc('hour', cand.ts, 'UTC') AS hour_start,
-                       cand.temperature, cand.humidity, cand.ingest_xid,
-                       row_number() OVER k AS rn,
-                       (sum(cand.copies) OVER (PARTITION BY cand.sensor_key, date_trunc('hour', cand.ts, 'UTC'), cand.ts))::int AS copies
-                  FROM cand
-                WINDOW k AS (PARTITION BY cand.sensor_key, date_trunc('hour', cand.ts, 'UTC'), cand.ts
-                             ORDER BY cand.ingest_xid, cand.ord)) x
+        SELECT x.sensor_key, x.location_key, x.ts, x.hour_start, x.temperature, x.humidity,
+               x.ingest_xid, x.copies
+          FROM (SELECT k.sensor_key, k.location_key, k.ts, date_trunc('hour', k.ts, 'UTC') AS hour_start,
+                       k.temperature, k.humidity, k.ingest_xid,
+                       row_number() OVER w AS rn, (sum(k.copies) OVER w)::int AS copies
+                  FROM keyed_cand k
+                WINDOW w AS (PARTITION BY k.sensor_key, date_trunc('hour', k.ts, 'UTC'), k.ts
+                             ORDER BY k.ingest_xid, k.ord
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
          WHERE x.rn = 1
     ),
     -- statistics of the sensor's readings in the hour and its two
@@ -473,9 +469,9 @@ BEGIN
                       RANGE BETWEEN '1 hour' PRECEDING AND '1 hour' FOLLOWING),
                sw AS (PARTITION BY dd.sensor_key ORDER BY dd.hour_start, dd.ts)
     ),
-    flagged AS (
-        SELECT s.sensor_key, s.ts, s.hour_start, s.temperature, s.humidity, s.copies, s.ingest_xid,
-               s.copies > 1 AS is_duplicate,
+    keyed AS (
+        SELECT s.sensor_key, s.location_key, s.ts, s.hour_start, s.temperature, s.humidity,
+               s.copies, s.ingest_xid, s.copies > 1 AS is_duplicate,
                iotpipe._etl_outlier(s.temperature, s.t_n, s.t_avg, s.t_var)
                  OR iotpipe._etl_outlier(s.humidity, s.h_n, s.h_avg, s.h_var) AS is_outlier,
                (s.ts4 >= s.ts - interval '1 hour'
@@ -483,14 +479,10 @@ BEGIN
                 AND s.temperature IS NOT DISTINCT FROM s.t3 AND s.temperature IS NOT DISTINCT FROM s.t4
                 AND s.humidity IS NOT DISTINCT FROM s.h1 AND s.humidity IS NOT DISTINCT FROM s.h2
                 AND s.humidity IS NOT DISTINCT FROM s.h3 AND s.humidity IS NOT DISTINCT FROM s.h4)
-                 IS TRUE AS is_stuck
+                 IS TRUE AS is_stuck,
+               iotpipe._etl_date_key((s.ts AT TIME ZONE 'UTC')::date) AS date_key
           FROM stats s
-         WHERE full_load OR (s.sensor_key, s.hour_start) IN (SELECT ft.sensor_key, ft.hour_start FROM ft)
-    ),
-    keyed AS (
-        SELECT fl.*, d.location_key,
-               iotpipe._etl_date_key((fl.ts AT TIME ZONE 'UTC')::date) AS date_key
-          FROM flagged fl JOIN iotpipe_dw.dim_sensor d ON d.sensor_key = fl.sensor_key
+        %3$s
     ),
     facts AS (
         INSERT INTO iotpipe_dw.fact_reading AS f
@@ -501,15 +493,7 @@ BEGIN
                k.location_key, k.temperature, k.humidity, k.copies,
                k.is_duplicate, k.is_outlier, k.is_stuck, k.ingest_xid
           FROM keyed k
-        ON CONFLICT (sensor_key, ts) DO UPDATE
-           SET temperature = excluded.temperature, humidity = excluded.humidity,
-               copies = excluded.copies, is_duplicate = excluded.is_duplicate,
-               is_outlier = excluded.is_outlier, is_stuck = excluded.is_stuck,
-               ingest_xid = excluded.ingest_xid
-         WHERE (f.temperature, f.humidity, f.copies, f.is_outlier, f.is_stuck, f.ingest_xid)
-               IS DISTINCT FROM
-               (excluded.temperature, excluded.humidity, excluded.copies, excluded.is_outlier,
-                excluded.is_stuck, excluded.ingest_xid)
+        %4$s
         RETURNING 1
     ),
     hourly AS (
@@ -525,23 +509,8 @@ BEGIN
                count(*) FILTER (WHERE k.is_duplicate)
           FROM keyed k
          GROUP BY k.sensor_key, k.hour_start
-        ON CONFLICT (sensor_key, hour_start) DO UPDATE
-           SET readings = excluded.readings, temperature_n = excluded.temperature_n,
-               temperature_avg = excluded.temperature_avg, temperature_min = excluded.temperature_min,
-               temperature_max = excluded.temperature_max, temperature_stddev = excluded.temperature_stddev,
-               humidity_n = excluded.humidity_n, humidity_avg = excluded.humidity_avg,
-               humidity_min = excluded.humidity_min, humidity_max = excluded.humidity_max,
-               humidity_stddev = excluded.humidity_stddev, anomalies = excluded.anomalies,
-               outliers = excluded.outliers, stuck = excluded.stuck, duplicates = excluded.duplicates
-         WHERE (h.readings, h.temperature_n, h.temperature_avg, h.temperature_min, h.temperature_max,
-                h.temperature_stddev, h.humidity_n, h.humidity_avg, h.humidity_min, h.humidity_max,
-                h.humidity_stddev, h.anomalies, h.outliers, h.stuck, h.duplicates)
-               IS DISTINCT FROM
-               (excluded.readings, excluded.temperature_n, excluded.temperature_avg,
-                excluded.temperature_min, excluded.temperature_max, excluded.temperature_stddev,
-                excluded.humidity_n, excluded.humidity_avg, excluded.humidity_min,
-                excluded.humidity_max, excluded.humidity_stddev, excluded.anomalies,
-                excluded.outliers, excluded.stuck, excluded.duplicates)
+         ORDER BY k.sensor_key, k.hour_start      -- appends to the primary key's btree
+        %5$s
         RETURNING h.sensor_key, h.date_key
     ),
     days AS (
@@ -549,32 +518,52 @@ BEGIN
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM facts), (SELECT count(*) FROM hourly), (SELECT count(*) FROM days)
-      INTO run.rows_written, run.hours_refreshed, run.days_refreshed;
+    $q$,
+        cand,
+        -- context: the facts already loaded in the hours around the touched ones
+        CASE WHEN full_load THEN '' ELSE $c$
+        UNION ALL
+        SELECT f.sensor_key, f.location_key, f.ts, f.temperature, f.humidity, f.ingest_xid,
+               '(0,0)'::tid, f.copies
+          FROM (SELECT DISTINCT h.sensor_key, h.hour_start + o * interval '1 hour' AS hour_start
+                  FROM iotpipe.etl_stage_hours h, generate_series(-2, 2) o) ct
+          JOIN iotpipe_dw.fact_reading f
+            ON f.sensor_key = ct.sensor_key AND f.ts >= ct.hour_start
+           AND f.ts < ct.hour_start + interval '1 hour'$c$ END,
+        -- only the hours around the touched ones are written
+        CASE WHEN full_load THEN '' ELSE $w$
+         WHERE (s.sensor_key, s.hour_start) IN
+               (SELECT h.sensor_key, h.hour_start + o * interval '1 hour'
+                  FROM iotpipe.etl_stage_hours h, generate_series(-1, 1) o)$w$ END,
+        upsert_f, upsert_h)
+       INTO run.rows_written, run.hours_refreshed, run.days_refreshed
+      USING lo, snap, prev_snap, run.until;
 
     ---------------------------------------------------------------- daily roll-up
     PERFORM iotpipe._etl_progress(run.run_id, 'daily roll-up', t0);
+    -- from the hourly rows: n, sum and sum of squares add up
     INSERT INTO iotpipe_dw.fact_sensor_daily AS d
-    SELECT h.sensor_key, h.date_key, min(h.location_key), sum(h.readings), count(*),
-           a.t_avg, min(h.temperature_min), max(h.temperature_max),
-           CASE WHEN sum(h.temperature_n) > 1 THEN
-                sqrt(greatest((sum((h.temperature_n - 1) * coalesce(h.temperature_stddev ^ 2, 0))
-                               + sum(h.temperature_n * (h.temperature_avg - a.t_avg) ^ 2))
-                              / (sum(h.temperature_n) - 1), 0)) END,
-           a.h_avg, min(h.humidity_min), max(h.humidity_max),
-           CASE WHEN sum(h.humidity_n) > 1 THEN
-                sqrt(greatest((sum((h.humidity_n - 1) * coalesce(h.humidity_stddev ^ 2, 0))
-                               + sum(h.humidity_n * (h.humidity_avg - a.h_avg) ^ 2))
-                              / (sum(h.humidity_n) - 1), 0)) END,
-           sum(h.anomalies), sum(h.duplicates)
-      FROM iotpipe_dw.fact_sensor_hourly h
-      JOIN (SELECT h2.sensor_key, h2.date_key,
-                   sum(h2.temperature_n * h2.temperature_avg) / nullif(sum(h2.temperature_n), 0) AS t_avg,
-                   sum(h2.humidity_n * h2.humidity_avg) / nullif(sum(h2.humidity_n), 0) AS h_avg
-              FROM iotpipe_dw.fact_sensor_hourly h2
-             WHERE (h2.sensor_key, h2.date_key) IN (SELECT sensor_key, date_key FROM iotpipe.etl_stage_days)
-             GROUP BY h2.sensor_key, h2.date_key) a
-        ON a.sensor_key = h.sensor_key AND a.date_key = h.date_key
-     GROUP BY h.sensor_key, h.date_key, a.t_avg, a.h_avg
+    SELECT a.sensor_key, a.date_key, a.location_key, a.readings, a.hours,
+           a.t_s / nullif(a.t_n, 0), a.t_min, a.t_max,
+           CASE WHEN a.t_n > 1 THEN sqrt(greatest((a.t_q - a.t_s * a.t_s / a.t_n) / (a.t_n - 1), 0)) END,
+           a.h_s / nullif(a.h_n, 0), a.h_min, a.h_max,
+           CASE WHEN a.h_n > 1 THEN sqrt(greatest((a.h_q - a.h_s * a.h_s / a.h_n) / (a.h_n - 1), 0)) END,
+           a.anomalies, a.duplicates
+      FROM (SELECT h.sensor_key, h.date_key, min(h.location_key) AS location_key,
+                   sum(h.readings) AS readings, count(*) AS hours,
+                   sum(h.temperature_n) AS t_n, sum(h.temperature_n * h.temperature_avg) AS t_s,
+                   sum((h.temperature_n - 1) * coalesce(h.temperature_stddev ^ 2, 0)
+                       + h.temperature_n * h.temperature_avg ^ 2) AS t_q,
+                   min(h.temperature_min) AS t_min, max(h.temperature_max) AS t_max,
+                   sum(h.humidity_n) AS h_n, sum(h.humidity_n * h.humidity_avg) AS h_s,
+                   sum((h.humidity_n - 1) * coalesce(h.humidity_stddev ^ 2, 0)
+                       + h.humidity_n * h.humidity_avg ^ 2) AS h_q,
+                   min(h.humidity_min) AS h_min, max(h.humidity_max) AS h_max,
+                   sum(h.anomalies) AS anomalies, sum(h.duplicates) AS duplicates
+              FROM iotpipe_dw.fact_sensor_hourly h
+             WHERE full_load
+                OR (h.sensor_key, h.date_key) IN (SELECT sensor_key, date_key FROM iotpipe.etl_stage_days)
+             GROUP BY h.sensor_key, h.date_key) a
     ON CONFLICT (sensor_key, date_key) DO UPDATE
        SET location_key = excluded.location_key, readings = excluded.readings,
            hours_with_data = excluded.hours_with_data,
