@@ -50,6 +50,9 @@ def connect(
     )
     conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
     conn.execute("SET TIME ZONE 'UTC'")
+    # short index-driven queries: JIT compilation (triggered by the LATERAL plans' cost
+    # estimates) costs more than the queries themselves
+    conn.execute("SET jit = off")
     role = (
         os.environ.get("IOTPIPE_DASHBOARD_ROLE", DEFAULT_ROLE) if role is None else role
     )

@@ -200,6 +200,7 @@ def live_chart(mode, target, metric, window_s):
         if not alerts.empty:
             alerts["started_at"] = pd.to_datetime(alerts["started_at"], utc=True)
             alerts = alerts[(alerts["metric"] == metric) & alerts["y"].notna()]
+        if not alerts.empty:
             sev_scale = alt.Scale(
                 domain=list(SEVERITY_COLORS), range=list(SEVERITY_COLORS.values())
             )
