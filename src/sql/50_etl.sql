@@ -573,6 +573,10 @@ BEGIN
            humidity_max = excluded.humidity_max, humidity_stddev = excluded.humidity_stddev,
            anomalies = excluded.anomalies, duplicates = excluded.duplicates;
 
+    IF full_load THEN
+        -- fresh files have no statistics: give the next (incremental) run good plans
+        ANALYZE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily;
+    END IF;
     DELETE FROM iotpipe.etl_pending p WHERE run.until IS NULL OR p.ts < run.until;
     RETURN run;
 END
