@@ -53,6 +53,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/float.h"
@@ -100,8 +101,43 @@ typedef struct AlertRule
 	char	   *severity;
 	int			min_samples;
 	double		alpha;			/* anomaly: 2 / (window_size + 1) */
+	double		rate_tau_us;	/* rate: smoothing time constant, 0 = raw */
 	uint32		sig;			/* what state depends on: kind, metric, window */
+	int			feature;		/* index into features[] (not offline) */
 } AlertRule;
+
+/*
+ * What rules compare with their threshold, computed once per sensor and
+ * reading however many rules share it: the value itself, a smoothed rate
+ * (per metric and time constant), an anomaly score (per metric, window and
+ * warm-up).
+ */
+typedef enum FeatKind
+{
+	FK_VALUE,
+	FK_RATE,
+	FK_ANOMALY
+} FeatKind;
+
+typedef struct Feature
+{
+	FeatKind	kind;
+	RuleMetric	metric;
+	double		param;			/* rate: tau (us); anomaly: alpha */
+	int			min_samples;	/* anomaly */
+} Feature;
+
+/* per (feature, sensor) */
+typedef struct FeatState
+{
+	Feature		def;			/* to keep the state across rule reloads */
+	bool		has_prev;
+	int32		n;
+	TimestampTz prev_ts;
+	double		prev_value;
+	double		mean;			/* anomaly: EWMA of the value; rate: smoothed rate */
+	double		var;			/* anomaly: EWM variance */
+} FeatState;
 
 typedef struct Silence
 {
@@ -112,22 +148,15 @@ typedef struct Silence
 	TimestampTz ends_at;
 } Silence;
 
-/* per (rule, sensor) evaluation state */
+/* per (rule, sensor) evaluation state: small, the loop over rules is hot */
 typedef struct RuleState
 {
-	int32		rule_id;
-	int32		rule_idx;		/* into rules[] of the current generation */
-	uint32		sig;
-	bool		firing;
-	bool		has_prev;
-	int32		n;				/* anomaly: readings seen */
-	int64		alert_id;
-	TimestampTz last_ts;		/* newest reading applied; DT_NOBEGIN = none */
 	TimestampTz pending_since;	/* start of the breach streak; DT_NOBEGIN = none */
-	double		prev_value;		/* rate */
-	TimestampTz prev_ts;
-	double		mean;			/* anomaly: EWMA of the value */
-	double		var;			/* anomaly: EWM variance */
+	int32		rule_id;
+	int16		rule_idx;		/* into rules[] of the current generation */
+	bool		firing;
+	bool		queued;			/* has an event in the write queue */
+	uint8		sig;			/* low bits of the rule's sig */
 } RuleState;
 
 typedef struct SensorState
@@ -136,8 +165,11 @@ typedef struct SensorState
 	char	   *location;		/* last known, engine context */
 	uint64		rules_gen;		/* rules generation the states were built for */
 	uint64		firing_gen;		/* firing-set generation they were synced with */
+	TimestampTz last_ts[3];		/* per metric: newest reading evaluated */
 	int			nstates;
 	RuleState  *states;
+	int			nfeats;
+	FeatState  *feats;
 } SensorState;
 
 typedef struct FiringKey
@@ -168,6 +200,10 @@ static MemoryContext engine_cxt = NULL;
 static MemoryContext rules_cxt = NULL;
 static AlertRule *rules = NULL;
 static int	nrules = 0;
+static Feature *features = NULL;
+static int	nfeatures = 0;
+static double *feat_value = NULL;	/* per batch reading scratch */
+static bool *feat_ok = NULL;
 static int	noffline = 0;
 static Silence *silences = NULL;
 static int	nsilences = 0;
@@ -189,11 +225,17 @@ static bool alerts_local_dirty = false; /* reload firing alerts at next batch */
 static bool engine_ran = false;		/* engine state changed in this xact */
 static bool engine_writing = false; /* the alerts trigger fires for our write */
 
+typedef struct AlertEvent AlertEvent;
+static AlertEvent *events = NULL;	/* write queue of the batch */
+static int	nevents = 0;
+static int	events_cap = 0;
+
 static SPIPlanPtr fire_plan = NULL;
 static SPIPlanPtr adopt_plan = NULL;
 static SPIPlanPtr resolve_plan = NULL;
 
 static void alerts_xact_callback(XactEvent event, void *arg);
+static void flush_events(void);
 static void alerts_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									SubTransactionId parentSubid, void *arg);
 
@@ -252,12 +294,15 @@ reset_engine(void)
 	rules_cxt = NULL;
 	rules = NULL;
 	nrules = noffline = 0;
+	features = NULL;
+	nfeatures = 0;
 	silences = NULL;
 	nsilences = 0;
 	sensor_htab = NULL;
 	firing_htab = NULL;
 	my_rules_version = my_alerts_version = 0;
 	rules_loaded = firing_loaded = false;
+	nevents = 0;
 	rules_gen++;
 	firing_gen++;
 }
@@ -541,13 +586,16 @@ load_rules(void)
 	rules_cxt = AllocSetContextCreate(engine_cxt, "iotpipe alert rules", ALLOCSET_SMALL_SIZES);
 	rules = NULL;
 	nrules = noffline = 0;
+	features = NULL;
+	nfeatures = 0;
 	silences = NULL;
 	nsilences = 0;
 
 	ret = SPI_execute("SELECT rule_id, name, kind, metric, sensor_id, location, op, threshold, "
 					  "       coalesce(clear_threshold, threshold), "
 					  "       extract(epoch FROM for_duration)::float8, severity, "
-					  "       window_size, min_samples "
+					  "       window_size, min_samples, "
+					  "       extract(epoch FROM rate_window)::float8 "
 					  "  FROM iotpipe.alert_rules WHERE enabled ORDER BY rule_id",
 					  true, 0);
 	if (ret != SPI_OK_SELECT)
@@ -596,12 +644,48 @@ load_rules(void)
 		window_size = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
 		r->alpha = 2.0 / (window_size + 1.0);
 		r->min_samples = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		r->rate_tau_us = getf8(tup, desc, 14, &isnull) * USECS_PER_SEC;
 		r->sig = rule_sig(r, window_size);
+		if (r->kind == RK_RATE)
+			r->sig = r->sig * 31u + (uint32) (r->rate_tau_us / 1000);
 		if (r->kind == RK_OFFLINE)
 			noffline++;
 		nrules++;
+		if (nrules >= PG_INT16_MAX)
+			break;
 	}
 	SPI_freetuptable(SPI_tuptable);
+
+	/* the features the rules need, each once */
+	features = MemoryContextAllocZero(rules_cxt, sizeof(Feature) * Max(nrules, 1));
+	feat_value = MemoryContextAllocZero(rules_cxt, sizeof(double) * Max(nrules, 1));
+	feat_ok = MemoryContextAllocZero(rules_cxt, sizeof(bool) * Max(nrules, 1));
+	for (i = 0; i < nrules; i++)
+	{
+		AlertRule  *r = &rules[i];
+		Feature		f;
+		int			j;
+
+		memset(&f, 0, sizeof(f));
+		r->feature = -1;
+		if (r->kind == RK_OFFLINE)
+			continue;
+		f.metric = r->metric;
+		f.kind = r->kind == RK_THRESHOLD ? FK_VALUE : r->kind == RK_RATE ? FK_RATE : FK_ANOMALY;
+		if (f.kind == FK_RATE)
+			f.param = r->rate_tau_us;
+		else if (f.kind == FK_ANOMALY)
+		{
+			f.param = r->alpha;
+			f.min_samples = r->min_samples;
+		}
+		for (j = 0; j < nfeatures; j++)
+			if (memcmp(&features[j], &f, sizeof(f)) == 0)
+				break;
+		if (j == nfeatures)
+			features[nfeatures++] = f;
+		r->feature = j;
+	}
 
 	ret = SPI_execute("SELECT coalesce(rule_id, 0), sensor_id, location, starts_at, ends_at "
 					  "  FROM iotpipe.silences WHERE ends_at > now()",
@@ -714,33 +798,31 @@ init_state(RuleState *st, const AlertRule *r, int idx)
 	memset(st, 0, sizeof(*st));
 	st->rule_id = r->rule_id;
 	st->rule_idx = idx;
-	st->sig = r->sig;
-	st->last_ts = DT_NOBEGIN;
+	st->sig = (uint8) r->sig;
 	st->pending_since = DT_NOBEGIN;
 }
 
 /* sync a state's firing flag with this backend's copy of the firing alerts */
 static void
-sync_firing(RuleState *st, const char *sensor_id)
+sync_firing(SensorState *se, RuleState *st)
 {
-	FiringEntry *fe = firing_lookup(st->rule_id, sensor_id, HASH_FIND);
+	const AlertRule *r = &rules[st->rule_idx];
+	FiringEntry *fe = firing_lookup(st->rule_id, se->sensor_id, HASH_FIND);
 
 	if (fe)
 	{
-		if (!st->firing || st->alert_id != fe->alert_id)
+		if (!st->firing)
 		{
 			st->firing = true;
-			st->alert_id = fe->alert_id;
 			st->pending_since = DT_NOBEGIN;
-			/* never let a reading older than the fire resolve it */
-			if (rules[st->rule_idx].kind != RK_OFFLINE && fe->started_at > st->last_ts)
-				st->last_ts = fe->started_at;
 		}
+		/* never let a reading older than the fire resolve it */
+		if (r->kind != RK_OFFLINE && fe->started_at > se->last_ts[r->metric])
+			se->last_ts[r->metric] = fe->started_at;
 	}
 	else if (st->firing)
 	{
 		st->firing = false;
-		st->alert_id = 0;
 		st->pending_since = DT_NOBEGIN;
 	}
 }
@@ -751,7 +833,10 @@ build_states(SensorState *se)
 {
 	RuleState  *old = se->states;
 	int			nold = se->nstates;
+	FeatState  *oldf = se->feats;
+	int			noldf = se->nfeats;
 	RuleState  *states;
+	FeatState  *feats;
 	int			n = 0,
 				i,
 				j;
@@ -765,7 +850,7 @@ build_states(SensorState *se)
 		if (!rule_in_scope(r, se->sensor_id, se->location))
 			continue;
 		for (j = 0; j < nold; j++)
-			if (old[j].rule_id == r->rule_id && old[j].sig == r->sig)
+			if (old[j].rule_id == r->rule_id && old[j].sig == (uint8) r->sig)
 				break;
 		if (j < nold)
 		{
@@ -776,10 +861,26 @@ build_states(SensorState *se)
 			init_state(st, r, i);
 		n++;
 	}
+	/* all features (cheap): a sensor moving in scope keeps its statistics */
+	feats = MemoryContextAllocZero(engine_cxt, sizeof(FeatState) * Max(nfeatures, 1));
+	for (i = 0; i < nfeatures; i++)
+	{
+		for (j = 0; j < noldf; j++)
+			if (memcmp(&oldf[j].def, &features[i], sizeof(Feature)) == 0)
+				break;
+		if (j < noldf)
+			feats[i] = oldf[j];
+		else
+			feats[i].def = features[i];
+	}
 	if (old)
 		pfree(old);
+	if (oldf)
+		pfree(oldf);
 	se->states = states;
 	se->nstates = n;
+	se->feats = feats;
+	se->nfeats = nfeatures;
 	se->rules_gen = rules_gen;
 	se->firing_gen = 0;			/* resync below */
 }
@@ -819,6 +920,9 @@ sensor_state(IotReading *rd)
 			: lookup_sensor_location(rd->sensor_id);
 		se->states = NULL;
 		se->nstates = 0;
+		se->feats = NULL;
+		se->nfeats = 0;
+		se->last_ts[0] = se->last_ts[1] = se->last_ts[2] = DT_NOBEGIN;
 		se->rules_gen = 0;
 		se->firing_gen = 0;
 	}
@@ -832,11 +936,14 @@ sensor_state(IotReading *rd)
 		se->rules_gen = 0;
 	}
 	if (se->rules_gen != rules_gen)
+	{
+		flush_events();			/* queued events point into the old states */
 		build_states(se);
+	}
 	if (se->firing_gen != firing_gen)
 	{
 		for (i = 0; i < se->nstates; i++)
-			sync_firing(&se->states[i], se->sensor_id);
+			sync_firing(se, &se->states[i]);
 		se->firing_gen = firing_gen;
 	}
 	return se;
@@ -917,155 +1024,456 @@ notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *st
 	pfree(buf.data);
 }
 
+/*
+ * Fires and resolves are queued while a batch is evaluated and written with
+ * one INSERT and one UPDATE per batch (each over unnest()ed arrays), then
+ * notified in the order they happened.  A (rule, sensor) has at most one
+ * queued event: a second one flushes the queue first, so the statements
+ * never see the same key twice.
+ */
+struct AlertEvent
+{
+	bool		fire;
+	bool		value_null;
+	bool		reading_null;
+	bool		silenced;
+	bool		done;			/* written: notify */
+	int16		rule_idx;
+	SensorState *se;
+	RuleState  *st;
+	double		value;
+	double		reading;
+	TimestampTz ts;
+	int64		alert_id;		/* resolve: known; fire: assigned by the INSERT */
+	TimestampTz started_at;
+};
+
+
+static void
+queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool value_null,
+			double value, bool reading_null, double reading, TimestampTz ts, int64 alert_id)
+{
+	AlertEvent *ev;
+
+	if (st->queued)
+		flush_events();
+	if (nevents == events_cap)
+	{
+		events_cap = Max(64, events_cap * 2);
+		events = events ? repalloc(events, sizeof(AlertEvent) * events_cap)
+			: MemoryContextAlloc(TopMemoryContext, sizeof(AlertEvent) * events_cap);
+	}
+	ev = &events[nevents++];
+	memset(ev, 0, sizeof(*ev));
+	ev->fire = fire;
+	ev->rule_idx = r - rules;
+	ev->se = se;
+	ev->st = st;
+	ev->value_null = value_null;
+	ev->value = value;
+	ev->reading_null = reading_null;
+	ev->reading = reading;
+	ev->ts = ts;
+	ev->alert_id = alert_id;
+	ev->silenced = is_silenced(r, se->sensor_id, se->location);
+	st->queued = true;
+}
+
 static void
 fire(const AlertRule *r, SensorState *se, RuleState *st, double value, double reading,
 	 TimestampTz ts)
 {
-	Datum		args[10];
-	char		nulls[10];
-	bool		silenced = is_silenced(r, se->sensor_id, se->location);
-	int			ret;
-	int64		alert_id = 0;
-	TimestampTz started_at = ts;
-	bool		adopted = false;
-	FiringEntry *fe;
-
-	if (fire_plan == NULL)
-	{
-		Oid			types[10] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID,
-		FLOAT8OID, FLOAT8OID, TIMESTAMPTZOID, BOOLOID};
-
-		fire_plan = keep_plan("INSERT INTO iotpipe.alerts AS a "
-							  "  (rule_id, sensor_id, location, severity, state, metric, value, "
-							  "   reading, threshold, started_at, silenced) "
-							  "VALUES ($1, $2, $3, $4, 'firing', $5, $6, $7, $8, $9, $10) "
-							  "ON CONFLICT (rule_id, sensor_id) WHERE state = 'firing' DO NOTHING "
-							  "RETURNING alert_id",
-							  10, types);
-	}
-	memset(nulls, ' ', sizeof(nulls));
-	args[0] = Int32GetDatum(r->rule_id);
-	args[1] = CStringGetTextDatum(se->sensor_id);
-	args[2] = se->location ? CStringGetTextDatum(se->location) : (Datum) 0;
-	nulls[2] = se->location ? ' ' : 'n';
-	args[3] = CStringGetTextDatum(r->severity);
-	args[4] = r->metric != RM_NONE ? CStringGetTextDatum(metric_names[r->metric]) : (Datum) 0;
-	nulls[4] = r->metric != RM_NONE ? ' ' : 'n';
-	args[5] = Float8GetDatum(value);
-	args[6] = Float8GetDatum(reading);
-	args[7] = Float8GetDatum(r->threshold);
-	args[8] = TimestampTzGetDatum(ts);
-	args[9] = BoolGetDatum(silenced);
-
-	engine_writing = true;
-	ret = SPI_execute_plan(fire_plan, args, nulls, false, 0);
-	engine_writing = false;
-	if (ret != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert into iotpipe.alerts: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-
-		alert_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											   1, &isnull));
-	}
-	else
-	{
-		/* another backend fired it first: adopt its alert, notify nothing */
-		Oid			types[2] = {INT4OID, TEXTOID};
-
-		if (adopt_plan == NULL)
-			adopt_plan = keep_plan("SELECT alert_id, started_at FROM iotpipe.alerts "
-								   " WHERE rule_id = $1 AND sensor_id = $2 AND state = 'firing'",
-								   2, types);
-		SPI_freetuptable(SPI_tuptable);
-		ret = SPI_execute_plan(adopt_plan, args, NULL, false, 1);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		{
-			/* resolved again meanwhile: try next reading */
-			SPI_freetuptable(SPI_tuptable);
-			alerts_local_dirty = true;
-			return;
-		}
-		else
-		{
-			bool		isnull;
-
-			alert_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												   SPI_tuptable->tupdesc, 1, &isnull));
-			started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 2, &isnull));
-			adopted = true;
-		}
-	}
-	SPI_freetuptable(SPI_tuptable);
-	alerts_bump_pending = true;
-
 	st->firing = true;
-	st->alert_id = alert_id;
 	st->pending_since = DT_NOBEGIN;
-	fe = firing_lookup(r->rule_id, se->sensor_id, HASH_ENTER);
-	fe->alert_id = alert_id;
-	fe->started_at = started_at;
-
-	if (!adopted && !silenced)
-		notify(r, se, alert_id, "firing", false, value, r->kind == RK_OFFLINE, reading,
-			   ts, started_at);
+	queue_event(r, se, st, true, false, value, false, reading, ts, 0);
 }
 
 static void
 resolve(const AlertRule *r, SensorState *se, RuleState *st, bool value_null, double value,
 		bool reading_null, double reading, TimestampTz ts)
 {
-	Datum		args[3];
-	char		nulls[3] = {' ', ' ', ' '};
-	int			ret;
-	int64		alert_id = st->alert_id;
+	FiringEntry *fe;
+	int64		alert_id;
 
+	if (st->queued)
+		flush_events();			/* its fire must be written to know its alert_id */
+	fe = firing_lookup(r->rule_id, se->sensor_id, HASH_FIND);
+	alert_id = fe ? fe->alert_id : 0;
+	st->firing = false;
+	st->pending_since = DT_NOBEGIN;
+	if (fe == NULL)
+	{
+		/* cannot happen: firing states mirror the firing set */
+		alerts_local_dirty = true;
+		return;
+	}
+	firing_lookup(r->rule_id, se->sensor_id, HASH_REMOVE);
+	queue_event(r, se, st, false, value_null, value, reading_null, reading, ts, alert_id);
+}
+
+static Datum
+text_array(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+}
+
+static Datum
+f8_array(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, FLOAT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+static Datum
+by_val_array(Datum *elems, int n, Oid type, int len)
+{
+	return PointerGetDatum(construct_array(elems, n, type, len, true,
+										   len == 4 ? TYPALIGN_INT : TYPALIGN_DOUBLE));
+}
+
+static void
+write_resolves(void)
+{
+	int			n = 0,
+				i;
+	Datum	   *rids = palloc(sizeof(Datum) * nevents);
+	Datum	   *sids = palloc(sizeof(Datum) * nevents);
+	Datum	   *aids = palloc(sizeof(Datum) * nevents);
+	Datum	   *tss = palloc(sizeof(Datum) * nevents);
+	Datum	   *vals = palloc(sizeof(Datum) * nevents);
+	bool	   *vnulls = palloc(sizeof(bool) * nevents);
+	Datum		args[5];
+	int			ret;
+	uint64		k;
+
+	for (i = 0; i < nevents; i++)
+	{
+		AlertEvent *ev = &events[i];
+
+		if (ev->fire)
+			continue;
+		rids[n] = Int32GetDatum(rules[ev->rule_idx].rule_id);
+		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
+		aids[n] = Int64GetDatum(ev->alert_id);
+		tss[n] = TimestampTzGetDatum(ev->ts);
+		vals[n] = Float8GetDatum(ev->value);
+		vnulls[n] = ev->value_null;
+		n++;
+	}
+	if (n == 0)
+		return;
 	if (resolve_plan == NULL)
 	{
-		Oid			types[3] = {INT8OID, TIMESTAMPTZOID, FLOAT8OID};
+		Oid			types[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, 1185 /* timestamptz[] */ ,
+		FLOAT8ARRAYOID};
 
-		resolve_plan = keep_plan("UPDATE iotpipe.alerts "
-								 "   SET state = 'resolved', resolved_at = $2, "
-								 "       resolved_value = $3, resolved_wall = now() "
-								 " WHERE alert_id = $1 AND state = 'firing' "
-								 "RETURNING started_at",
-								 3, types);
+		/* (rule_id, sensor_id, state) is the partial unique index */
+		resolve_plan = keep_plan("UPDATE iotpipe.alerts AS a "
+								 "   SET state = 'resolved', resolved_at = u.ts, "
+								 "       resolved_value = u.v, resolved_wall = now() "
+								 "  FROM unnest($1, $2, $3, $4, $5) AS u(r, s, id, ts, v) "
+								 " WHERE a.rule_id = u.r AND a.sensor_id = u.s "
+								 "   AND a.state = 'firing' AND a.alert_id = u.id "
+								 "RETURNING a.alert_id, a.started_at",
+								 5, types);
 	}
-	args[0] = Int64GetDatum(alert_id);
-	args[1] = TimestampTzGetDatum(ts);
-	args[2] = Float8GetDatum(value);
-	nulls[2] = value_null ? 'n' : ' ';
-
+	args[0] = by_val_array(rids, n, INT4OID, 4);
+	args[1] = text_array(sids, NULL, n);
+	args[2] = by_val_array(aids, n, INT8OID, 8);
+	args[3] = by_val_array(tss, n, TIMESTAMPTZOID, 8);
+	args[4] = f8_array(vals, vnulls, n);
 	engine_writing = true;
-	ret = SPI_execute_plan(resolve_plan, args, nulls, false, 0);
+	ret = SPI_execute_plan(resolve_plan, args, NULL, false, 0);
 	engine_writing = false;
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not update iotpipe.alerts: %s", SPI_result_code_string(ret));
-
-	st->firing = false;
-	st->alert_id = 0;
-	st->pending_since = DT_NOBEGIN;
-	firing_lookup(r->rule_id, se->sensor_id, HASH_REMOVE);
-
-	if (SPI_processed == 1)
+	for (k = 0; k < SPI_processed; k++)
 	{
 		bool		isnull;
-		TimestampTz started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-																   SPI_tuptable->tupdesc,
-																   1, &isnull));
+		int64		aid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		TimestampTz started = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[k],
+																SPI_tuptable->tupdesc, 2,
+																&isnull));
 
-		alerts_bump_pending = true;
-		if (!is_silenced(r, se->sensor_id, se->location))
-			notify(r, se, alert_id, "resolved", value_null, value, reading_null, reading,
-				   ts, started_at);
+		for (i = 0; i < nevents; i++)
+			if (!events[i].fire && events[i].alert_id == aid)
+			{
+				events[i].done = true;
+				events[i].started_at = started;
+			}
 	}
-	/* else: resolved by somebody else already; nothing to say */
+	/* those not updated were resolved by somebody else already: say nothing */
+	if (SPI_processed > 0)
+		alerts_bump_pending = true;
 	SPI_freetuptable(SPI_tuptable);
 }
 
+static void
+write_fires(void)
+{
+	int			n = 0,
+				i;
+	Datum	   *rids = palloc(sizeof(Datum) * nevents);
+	Datum	   *sids = palloc(sizeof(Datum) * nevents);
+	Datum	   *locs = palloc(sizeof(Datum) * nevents);
+	bool	   *locnulls = palloc(sizeof(bool) * nevents);
+	Datum	   *sevs = palloc(sizeof(Datum) * nevents);
+	Datum	   *metrics = palloc(sizeof(Datum) * nevents);
+	bool	   *mnulls = palloc(sizeof(bool) * nevents);
+	Datum	   *vals = palloc(sizeof(Datum) * nevents);
+	Datum	   *reads = palloc(sizeof(Datum) * nevents);
+	Datum	   *ths = palloc(sizeof(Datum) * nevents);
+	Datum	   *tss = palloc(sizeof(Datum) * nevents);
+	Datum	   *sils = palloc(sizeof(Datum) * nevents);
+	Datum		args[10];
+	int			ret;
+	uint64		k;
+
+	for (i = 0; i < nevents; i++)
+	{
+		AlertEvent *ev = &events[i];
+		AlertRule  *r = &rules[ev->rule_idx];
+
+		if (!ev->fire)
+			continue;
+		rids[n] = Int32GetDatum(r->rule_id);
+		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
+		locnulls[n] = (ev->se->location == NULL);
+		locs[n] = locnulls[n] ? (Datum) 0 : CStringGetTextDatum(ev->se->location);
+		sevs[n] = CStringGetTextDatum(r->severity);
+		mnulls[n] = (r->metric == RM_NONE);
+		metrics[n] = mnulls[n] ? (Datum) 0 : CStringGetTextDatum(metric_names[r->metric]);
+		vals[n] = Float8GetDatum(ev->value);
+		reads[n] = Float8GetDatum(ev->reading);
+		ths[n] = Float8GetDatum(r->threshold);
+		tss[n] = TimestampTzGetDatum(ev->ts);
+		sils[n] = BoolGetDatum(ev->silenced);
+		n++;
+	}
+	if (n == 0)
+		return;
+	if (fire_plan == NULL)
+	{
+		Oid			types[10] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			TEXTARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID,
+		1185 /* timestamptz[] */ , BOOLARRAYOID};
+
+		fire_plan = keep_plan("INSERT INTO iotpipe.alerts AS a "
+							  "  (rule_id, sensor_id, location, severity, state, metric, value, "
+							  "   reading, threshold, started_at, silenced) "
+							  "SELECT u.r, u.s, u.l, u.sev, 'firing', u.m, u.v, u.rd, u.th, u.ts, u.sil "
+							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+							  "       AS u(r, s, l, sev, m, v, rd, th, ts, sil) "
+							  "ON CONFLICT (rule_id, sensor_id) WHERE state = 'firing' DO NOTHING "
+							  "RETURNING a.rule_id, a.sensor_id, a.alert_id",
+							  10, types);
+	}
+	args[0] = by_val_array(rids, n, INT4OID, 4);
+	args[1] = text_array(sids, NULL, n);
+	args[2] = text_array(locs, locnulls, n);
+	args[3] = text_array(sevs, NULL, n);
+	args[4] = text_array(metrics, mnulls, n);
+	args[5] = f8_array(vals, NULL, n);
+	args[6] = f8_array(reads, NULL, n);
+	args[7] = f8_array(ths, NULL, n);
+	args[8] = by_val_array(tss, n, TIMESTAMPTZOID, 8);
+	args[9] = PointerGetDatum(construct_array(sils, n, BOOLOID, 1, true, TYPALIGN_CHAR));
+	engine_writing = true;
+	ret = SPI_execute_plan(fire_plan, args, NULL, false, 0);
+	engine_writing = false;
+	if (ret != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into iotpipe.alerts: %s", SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+		alerts_bump_pending = true;
+	for (k = 0; k < SPI_processed; k++)
+	{
+		bool		isnull;
+		int32		rid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[k],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		char	   *sid = SPI_getvalue(SPI_tuptable->vals[k], SPI_tuptable->tupdesc, 2);
+		int64		aid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
+													  SPI_tuptable->tupdesc, 3, &isnull));
+
+		for (i = 0; i < nevents; i++)
+		{
+			AlertEvent *ev = &events[i];
+
+			if (ev->fire && !ev->done && rules[ev->rule_idx].rule_id == rid &&
+				strcmp(ev->se->sensor_id, sid) == 0)
+			{
+				ev->done = true;
+				ev->alert_id = aid;
+				ev->started_at = ev->ts;
+				break;
+			}
+		}
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* a fire that met a firing alert of another backend: adopt it, notify nothing */
+static void
+adopt(AlertEvent *ev)
+{
+	AlertRule  *r = &rules[ev->rule_idx];
+	Datum		args[2];
+	int			ret;
+
+	if (adopt_plan == NULL)
+	{
+		Oid			types[2] = {INT4OID, TEXTOID};
+
+		adopt_plan = keep_plan("SELECT alert_id, started_at FROM iotpipe.alerts "
+							   " WHERE rule_id = $1 AND sensor_id = $2 AND state = 'firing'",
+							   2, types);
+	}
+	args[0] = Int32GetDatum(r->rule_id);
+	args[1] = CStringGetTextDatum(ev->se->sensor_id);
+	ret = SPI_execute_plan(adopt_plan, args, NULL, false, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		FiringEntry *fe = firing_lookup(r->rule_id, ev->se->sensor_id, HASH_ENTER);
+
+		fe->alert_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		fe->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	else
+	{
+		/* resolved again meanwhile: the next breaching reading fires anew */
+		ev->st->firing = false;
+		alerts_local_dirty = true;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* write the queued events, then notify them in order */
+static void
+flush_events(void)
+{
+	int			i;
+
+	if (nevents == 0)
+		return;
+	write_resolves();
+	write_fires();
+	for (i = 0; i < nevents; i++)
+	{
+		AlertEvent *ev = &events[i];
+		AlertRule  *r = &rules[ev->rule_idx];
+
+		ev->st->queued = false;
+		if (ev->fire)
+		{
+			if (!ev->done)
+			{
+				adopt(ev);
+				continue;
+			}
+			else
+			{
+				FiringEntry *fe = firing_lookup(r->rule_id, ev->se->sensor_id, HASH_ENTER);
+
+				fe->alert_id = ev->alert_id;
+				fe->started_at = ev->started_at;
+			}
+		}
+		if (ev->done && !ev->silenced)
+			notify(r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
+				   ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
+				   ev->reading, ev->ts, ev->started_at);
+	}
+	nevents = 0;
+}
+
 /* ---------- evaluation ---------- */
+
+/* update the sensor's features with one reading of a metric */
+static void
+update_features(SensorState *se, RuleMetric metric, double x, TimestampTz ts)
+{
+	int			f;
+
+	for (f = 0; f < se->nfeats; f++)
+	{
+		FeatState  *fs = &se->feats[f];
+
+		if (fs->def.metric != metric)
+			continue;
+		switch (fs->def.kind)
+		{
+			case FK_VALUE:
+				feat_value[f] = x;
+				feat_ok[f] = true;
+				break;
+			case FK_RATE:
+				{
+					double		dt_us = (double) (ts - fs->prev_ts);
+					double		raw;
+					bool		had = fs->has_prev;
+					double		prev = fs->prev_value;
+
+					fs->has_prev = true;
+					fs->prev_value = x;
+					fs->prev_ts = ts;
+					if (!had || dt_us <= 0)
+						break;
+					raw = (x - prev) / (dt_us / (60.0 * USECS_PER_SEC));
+					if (fs->def.param <= 0)
+						fs->mean = raw;
+					else
+					{
+						/* EWMA over time, from 0: single noisy steps do not count */
+						double		a = 1.0 - exp(-dt_us / fs->def.param);
+
+						fs->mean += a * (raw - fs->mean);
+					}
+					feat_value[f] = fs->mean;
+					feat_ok[f] = true;
+					break;
+				}
+			case FK_ANOMALY:
+				{
+					/* z-score against the statistics before this reading */
+					double		diff = x - fs->mean;
+					double		alpha = fs->def.param;
+
+					feat_value[f] = fabs(diff) / Max(sqrt(fs->var), ANOMALY_MIN_STDDEV);
+					feat_ok[f] = (fs->n >= fs->def.min_samples);
+					/* a stuck sensor repeating itself says nothing about the spread */
+					if (fs->has_prev && x == fs->prev_value)
+						break;
+					fs->has_prev = true;
+					fs->prev_value = x;
+					if (fs->n == 0)
+					{
+						fs->mean = x;
+						fs->var = 0;
+					}
+					else
+					{
+						double		incr = alpha * diff;
+
+						fs->mean += incr;
+						fs->var = (1.0 - alpha) * (fs->var + diff * incr);
+					}
+					if (fs->n < PG_INT32_MAX)
+						fs->n++;
+					break;
+				}
+		}
+	}
+}
 
 static inline bool
 breaches(const AlertRule *r, double v)
@@ -1080,99 +1488,64 @@ is_safe(const AlertRule *r, double v)
 }
 
 static void
-evaluate(IotReading *rd, SensorState *se, RuleState *st)
+evaluate_reading(IotReading *rd)
 {
-	const AlertRule *r = &rules[st->rule_idx];
-	double		x;
-	double		v;
+	SensorState *se = sensor_state(rd);
+	bool		mok[3];
+	double		mval[3];
+	int			i;
 
-	if (r->kind == RK_OFFLINE)
-	{
-		/* any reading ends an offline alert */
-		if (st->firing)
-			resolve(r, se, st, true, 0, true, 0, rd->ts);
-		return;
-	}
-	if (r->metric == RM_TEMPERATURE)
-	{
-		if (!rd->has_temperature)
-			return;
-		x = rd->temperature;
-	}
-	else
-	{
-		if (!rd->has_humidity)
-			return;
-		x = rd->humidity;
-	}
 	/* late or repeated readings never move the state */
-	if (rd->ts <= st->last_ts)
-		return;
-	st->last_ts = rd->ts;
-
-	switch (r->kind)
+	mok[RM_NONE] = false;
+	mok[RM_TEMPERATURE] = rd->has_temperature && rd->ts > se->last_ts[RM_TEMPERATURE];
+	mok[RM_HUMIDITY] = rd->has_humidity && rd->ts > se->last_ts[RM_HUMIDITY];
+	mval[RM_NONE] = 0;
+	mval[RM_TEMPERATURE] = rd->temperature;
+	mval[RM_HUMIDITY] = rd->humidity;
+	memset(feat_ok, 0, sizeof(bool) * se->nfeats);
+	if (mok[RM_TEMPERATURE])
 	{
-		case RK_THRESHOLD:
-			v = x;
-			break;
-		case RK_RATE:
-			{
-				bool		had = st->has_prev;
-				double		dmin = (double) (rd->ts - st->prev_ts) / (60.0 * USECS_PER_SEC);
-				double		prev = st->prev_value;
-
-				st->has_prev = true;
-				st->prev_value = x;
-				st->prev_ts = rd->ts;
-				if (!had || dmin <= 0)
-					return;
-				v = (x - prev) / dmin;
-				break;
-			}
-		case RK_ANOMALY:
-			{
-				double		diff = x - st->mean;
-				double		sd = sqrt(st->var);
-				bool		warm = (st->n >= r->min_samples);
-				double		incr;
-
-				v = fabs(diff) / Max(sd, ANOMALY_MIN_STDDEV);
-				if (st->n == 0)
-				{
-					st->mean = x;
-					st->var = 0;
-				}
-				else
-				{
-					incr = r->alpha * diff;
-					st->mean += incr;
-					st->var = (1.0 - r->alpha) * (st->var + diff * incr);
-				}
-				if (st->n < INT32_MAX)
-					st->n++;
-				if (!warm)
-					return;
-				break;
-			}
-		default:
-			return;
+		se->last_ts[RM_TEMPERATURE] = rd->ts;
+		update_features(se, RM_TEMPERATURE, rd->temperature, rd->ts);
+	}
+	if (mok[RM_HUMIDITY])
+	{
+		se->last_ts[RM_HUMIDITY] = rd->ts;
+		update_features(se, RM_HUMIDITY, rd->humidity, rd->ts);
 	}
 
-	if (st->firing)
+	for (i = 0; i < se->nstates; i++)
 	{
-		if (is_safe(r, v))
-			resolve(r, se, st, false, v, false, x, rd->ts);
-		return;
+		RuleState  *st = &se->states[i];
+		const AlertRule *r = &rules[st->rule_idx];
+		double		v;
+
+		if (r->kind == RK_OFFLINE)
+		{
+			/* any reading ends an offline alert */
+			if (st->firing)
+				resolve(r, se, st, true, 0, true, 0, rd->ts);
+			continue;
+		}
+		if (!feat_ok[r->feature])
+			continue;
+		v = feat_value[r->feature];
+		if (st->firing)
+		{
+			if (is_safe(r, v))
+				resolve(r, se, st, false, v, false, mval[r->metric], rd->ts);
+			continue;
+		}
+		if (!breaches(r, v))
+		{
+			st->pending_since = DT_NOBEGIN;
+			continue;
+		}
+		if (st->pending_since == DT_NOBEGIN)
+			st->pending_since = rd->ts;
+		if (rd->ts - st->pending_since >= r->for_us)
+			fire(r, se, st, v, mval[r->metric], rd->ts);
 	}
-	if (!breaches(r, v))
-	{
-		st->pending_since = DT_NOBEGIN;
-		return;
-	}
-	if (st->pending_since == DT_NOBEGIN)
-		st->pending_since = rd->ts;
-	if (rd->ts - st->pending_since >= r->for_us)
-		fire(r, se, st, v, x, rd->ts);
 }
 
 void
@@ -1180,8 +1553,7 @@ iotpipe_alerts_process_batch(IotBatch *batch)
 {
 	int			n = iotpipe_batch_nreadings(batch);
 	IotReading *readings = iotpipe_batch_readings(batch);
-	int			i,
-				j;
+	int			i;
 
 	if (n == 0)
 		return;
@@ -1189,15 +1561,10 @@ iotpipe_alerts_process_batch(IotBatch *batch)
 	if (nrules == 0)
 		return;
 	engine_ran = true;
-
+	nevents = 0;
 	for (i = 0; i < n; i++)
-	{
-		IotReading *rd = &readings[i];
-		SensorState *se = sensor_state(rd);
-
-		for (j = 0; j < se->nstates; j++)
-			evaluate(rd, se, &se->states[j]);
-	}
+		evaluate_reading(&readings[i]);
+	flush_events();
 }
 
 /* ---------- timers (launcher) ---------- */

@@ -22,6 +22,9 @@ CREATE TABLE iotpipe.alert_rules (
     -- variance, and how many readings a sensor needs before it is judged
     window_size     int NOT NULL DEFAULT 60 CHECK (window_size BETWEEN 2 AND 100000),
     min_samples     int NOT NULL DEFAULT 30 CHECK (min_samples BETWEEN 2 AND 100000),
+    -- rate: time constant of the exponential smoothing of the change per
+    -- minute between consecutive readings; 0 = the raw change
+    rate_window     interval NOT NULL DEFAULT '1 minute' CHECK (rate_window >= '0'),
     description     text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
