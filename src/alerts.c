@@ -1138,82 +1138,60 @@ by_val_array(Datum *elems, int n, Oid type, int len)
 										   len == 4 ? TYPALIGN_INT : TYPALIGN_DOUBLE));
 }
 
+/*
+ * Resolves one statement each: an UPDATE over unnest() may be planned as a
+ * scan of every firing alert, this one is always a unique index lookup.
+ */
 static void
 write_resolves(void)
 {
-	int			n = 0,
-				i;
-	Datum	   *rids = palloc(sizeof(Datum) * nevents);
-	Datum	   *sids = palloc(sizeof(Datum) * nevents);
-	Datum	   *aids = palloc(sizeof(Datum) * nevents);
-	Datum	   *tss = palloc(sizeof(Datum) * nevents);
-	Datum	   *vals = palloc(sizeof(Datum) * nevents);
-	bool	   *vnulls = palloc(sizeof(bool) * nevents);
-	Datum		args[5];
-	int			ret;
-	uint64		k;
+	int			i;
 
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
+		Datum		args[5];
+		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+		int			ret;
 
 		if (ev->fire)
 			continue;
-		rids[n] = Int32GetDatum(rules[ev->rule_idx].rule_id);
-		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
-		aids[n] = Int64GetDatum(ev->alert_id);
-		tss[n] = TimestampTzGetDatum(ev->ts);
-		vals[n] = Float8GetDatum(ev->value);
-		vnulls[n] = ev->value_null;
-		n++;
-	}
-	if (n == 0)
-		return;
-	if (resolve_plan == NULL)
-	{
-		Oid			types[5] = {INT4ARRAYOID, TEXTARRAYOID, INT8ARRAYOID, 1185 /* timestamptz[] */ ,
-		FLOAT8ARRAYOID};
+		if (resolve_plan == NULL)
+		{
+			Oid			types[5] = {INT4OID, TEXTOID, INT8OID, TIMESTAMPTZOID, FLOAT8OID};
 
-		/* (rule_id, sensor_id, state) is the partial unique index */
-		resolve_plan = keep_plan("UPDATE iotpipe.alerts AS a "
-								 "   SET state = 'resolved', resolved_at = u.ts, "
-								 "       resolved_value = u.v, resolved_wall = now() "
-								 "  FROM unnest($1, $2, $3, $4, $5) AS u(r, s, id, ts, v) "
-								 " WHERE a.rule_id = u.r AND a.sensor_id = u.s "
-								 "   AND a.state = 'firing' AND a.alert_id = u.id "
-								 "RETURNING a.alert_id, a.started_at",
-								 5, types);
-	}
-	args[0] = by_val_array(rids, n, INT4OID, 4);
-	args[1] = text_array(sids, NULL, n);
-	args[2] = by_val_array(aids, n, INT8OID, 8);
-	args[3] = by_val_array(tss, n, TIMESTAMPTZOID, 8);
-	args[4] = f8_array(vals, vnulls, n);
-	engine_writing = true;
-	ret = SPI_execute_plan(resolve_plan, args, NULL, false, 0);
-	engine_writing = false;
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not update iotpipe.alerts: %s", SPI_result_code_string(ret));
-	for (k = 0; k < SPI_processed; k++)
-	{
-		bool		isnull;
-		int64		aid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-		TimestampTz started = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[k],
-																SPI_tuptable->tupdesc, 2,
-																&isnull));
+			resolve_plan = keep_plan("UPDATE iotpipe.alerts "
+									 "   SET state = 'resolved', resolved_at = $4, "
+									 "       resolved_value = $5, resolved_wall = now() "
+									 " WHERE rule_id = $1 AND sensor_id = $2 AND state = 'firing' "
+									 "   AND alert_id = $3 "
+									 "RETURNING started_at",
+									 5, types);
+		}
+		args[0] = Int32GetDatum(rules[ev->rule_idx].rule_id);
+		args[1] = CStringGetTextDatum(ev->se->sensor_id);
+		args[2] = Int64GetDatum(ev->alert_id);
+		args[3] = TimestampTzGetDatum(ev->ts);
+		args[4] = Float8GetDatum(ev->value);
+		nulls[4] = ev->value_null ? 'n' : ' ';
+		engine_writing = true;
+		ret = SPI_execute_plan(resolve_plan, args, nulls, false, 0);
+		engine_writing = false;
+		if (ret != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not update iotpipe.alerts: %s", SPI_result_code_string(ret));
+		/* not updated: resolved by somebody else already, say nothing */
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
 
-		for (i = 0; i < nevents; i++)
-			if (!events[i].fire && events[i].alert_id == aid)
-			{
-				events[i].done = true;
-				events[i].started_at = started;
-			}
+			ev->done = true;
+			ev->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+															   SPI_tuptable->tupdesc, 1,
+															   &isnull));
+			alerts_bump_pending = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
-	/* those not updated were resolved by somebody else already: say nothing */
-	if (SPI_processed > 0)
-		alerts_bump_pending = true;
-	SPI_freetuptable(SPI_tuptable);
 }
 
 static void
