@@ -331,70 +331,86 @@ should_stop(void)
 	return ShutdownRequestPending || iotpipe_should_stop();
 }
 
-/* read the source's settings; false if it is gone */
+/*
+ * Run fn(arg) in a transaction of its own with SPI connected.  Never throws:
+ * on error the transaction is rolled back, the error logged and published
+ * as the worker's last error, and false returned.
+ */
 static bool
-read_source(int source_id)
+in_xact(void (*fn) (void *), void *arg, const char *what)
 {
-	bool		found = false;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, what);
+		fn(arg);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(workcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		iotpipe_set_error("%s", edata->message);
+		ereport(LOG, (errmsg("%s: %s failed: %s", who, what, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* read the source's settings (arg: source id); cfg.topic stays NULL if it is gone */
+static void
+read_source_tx(void *arg)
+{
 	Oid			argtypes[1] = {INT4OID};
-	Datum		args[1] = {Int32GetDatum(source_id)};
-	int			ret;
+	Datum		args[1] = {Int32GetDatum(*(int *) arg)};
+	MemoryContext old;
 	uint64		i;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "iotpipe kafka: reading the source");
-	ret = SPI_execute_with_args("SELECT enabled, brokers, topic, group_id "
-								"FROM iotpipe.kafka_sources WHERE source_id = $1",
-								1, argtypes, args, NULL, true, 1);
-	if (ret == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		MemoryContext old = MemoryContextSwitchTo(workcxt);
+	if (SPI_execute_with_args("SELECT enabled, brokers, topic, group_id FROM iotpipe.kafka_sources "
+							  "WHERE source_id = $1", 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		return;
+	old = MemoryContextSwitchTo(workcxt);
+	cfg.enabled = strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+	cfg.brokers = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	cfg.topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3);
+	cfg.group_id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
+	MemoryContextSwitchTo(old);
 
-		cfg.enabled = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
-		cfg.brokers = SPI_getvalue(tup, desc, 2);
-		cfg.topic = SPI_getvalue(tup, desc, 3);
-		cfg.group_id = SPI_getvalue(tup, desc, 4);
-		MemoryContextSwitchTo(old);
-		found = true;
-	}
-	if (found)
+	if (SPI_execute_with_args("SELECT e.key, coalesce(e.value #>> '{}', '') FROM iotpipe.kafka_sources s, "
+							  "jsonb_each(s.options) e WHERE s.source_id = $1 ORDER BY 1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the options of the kafka source");
+	old = MemoryContextSwitchTo(workcxt);
+	cfg.nopts = (int) SPI_processed;
+	cfg.keys = palloc(sizeof(char *) * Max(cfg.nopts, 1));
+	cfg.vals = palloc(sizeof(char *) * Max(cfg.nopts, 1));
+	for (i = 0; i < SPI_processed; i++)
 	{
-		ret = SPI_execute_with_args("SELECT e.key, e.value #>> '{}' FROM iotpipe.kafka_sources s, "
-									"jsonb_each(s.options) e WHERE s.source_id = $1 ORDER BY 1",
-									1, argtypes, args, NULL, true, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read the options of kafka source %d", source_id);
-		cfg.nopts = (int) SPI_processed;
-		cfg.keys = MemoryContextAlloc(workcxt, sizeof(char *) * Max(cfg.nopts, 1));
-		cfg.vals = MemoryContextAlloc(workcxt, sizeof(char *) * Max(cfg.nopts, 1));
-		cfg.start_at_end = false;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			MemoryContext old = MemoryContextSwitchTo(workcxt);
-			char	   *v;
-
-			cfg.keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-			v = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-			cfg.vals[i] = v ? v : pstrdup("");
-			MemoryContextSwitchTo(old);
-			if (strcmp(cfg.keys[i], "auto.offset.reset") == 0 &&
-				(strcmp(cfg.vals[i], "latest") == 0 || strcmp(cfg.vals[i], "largest") == 0 ||
-				 strcmp(cfg.vals[i], "end") == 0))
-				cfg.start_at_end = true;
-		}
+		cfg.keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		cfg.vals[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		if (strcmp(cfg.keys[i], "auto.offset.reset") == 0)
+			cfg.start_at_end = (strcmp(cfg.vals[i], "latest") == 0 ||
+								strcmp(cfg.vals[i], "largest") == 0 ||
+								strcmp(cfg.vals[i], "end") == 0);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return found;
+	MemoryContextSwitchTo(old);
 }
 
 static PartState *
@@ -419,89 +435,60 @@ part_state(Consumer *c, int32 partition)
 	return &c->parts[partition];
 }
 
+typedef struct OffsetsArg
+{
+	Consumer   *c;
+	rd_kafka_topic_partition_list_t *list;
+} OffsetsArg;
+
+static void
+load_offsets_tx(void *arg)
+{
+	OffsetsArg *oa = (OffsetsArg *) arg;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1] = {CStringGetTextDatum(cfg.topic)};
+	uint64		r;
+	int			i;
+
+	if (SPI_execute_with_args("SELECT partition, next_offset FROM iotpipe.kafka_offsets WHERE topic = $1",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read iotpipe.kafka_offsets");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+		int64		off = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
+
+		for (i = 0; i < oa->list->cnt; i++)
+			if (oa->list->elems[i].partition == p)
+			{
+				oa->list->elems[i].offset = off;
+				oa->c->parts[p].committed = off;
+			}
+	}
+}
+
 /*
- * Read the stored offsets of the partitions in list, in a transaction of its
- * own, and put them into the list (and our partition states).  Partitions
- * without a stored offset start at the beginning (or the end when
- * auto.offset.reset says latest).  Never throws; false on failure.
+ * Put the stored offsets of the partitions in list into the list and our
+ * partition states.  Partitions without a stored offset start at the
+ * beginning (or the end when auto.offset.reset says latest).  Never throws.
  */
 static bool
 load_offsets(Consumer *c, rd_kafka_topic_partition_list_t *list)
 {
-	volatile bool ok = true;
+	OffsetsArg	oa = {c, list};
+	bool		ok;
 	int			i;
 
-	if (IsTransactionState())
-	{
-		iotpipe_set_error("kafka rebalance inside a transaction");
-		return false;
-	}
 	for (i = 0; i < list->cnt; i++)
 	{
-		PartState  *ps = part_state(c, list->elems[i].partition);
-
-		ps->committed = -1;
+		part_state(c, list->elems[i].partition)->committed = -1;
 		list->elems[i].offset = cfg.start_at_end ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
 	}
-
-	PG_TRY();
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1];
-		int			ret;
-		uint64		r;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "iotpipe kafka: reading stored offsets");
-		args[0] = CStringGetTextDatum(cfg.topic);
-		ret = SPI_execute_with_args("SELECT partition, next_offset FROM iotpipe.kafka_offsets "
-									"WHERE topic = $1", 1, argtypes, args, NULL, true, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read iotpipe.kafka_offsets: %s", SPI_result_code_string(ret));
-		for (r = 0; r < SPI_processed; r++)
-		{
-			bool		isnull;
-			int32		p = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
-			int64		off = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull));
-
-			for (i = 0; i < list->cnt; i++)
-				if (list->elems[i].partition == p)
-				{
-					list->elems[i].offset = off;
-					c->parts[p].committed = off;
-				}
-		}
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(workcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		iotpipe_set_error("could not read stored kafka offsets: %s", edata->message);
-		ereport(LOG,
-				(errmsg("%s: could not read stored offsets: %s", who, edata->message)));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-
+	/* callbacks only run inside librdkafka calls made outside transactions */
+	ok = !IsTransactionState() && in_xact(load_offsets_tx, &oa, "reading stored offsets");
 	for (i = 0; i < c->nparts; i++)
-	{
-		c->parts[i].assigned = false;
-		c->parts[i].in_batch = false;
-	}
+		c->parts[i].assigned = c->parts[i].in_batch = false;
 	for (i = 0; ok && i < list->cnt; i++)
 	{
 		PartState  *ps = &c->parts[list->elems[i].partition];
@@ -687,9 +674,18 @@ consumer_destroy(Consumer *c, bool broker_down)
 		rd_kafka_error_destroy(error);
 	else
 	{
+		/*
+		 * cq also gets what is left in the consumer queue: serve it the way
+		 * the main loop does (rebalance callbacks run, messages are dropped;
+		 * a plain callback poll would abort on a fetched message).
+		 */
 		while (!rd_kafka_consumer_closed(c->rk) && GetCurrentTimestamp() < deadline)
 		{
-			rd_kafka_queue_poll_callback(cq, 100);
+			rd_kafka_message_t *msgs[256];
+			ssize_t		n = rd_kafka_consume_batch_queue(cq, 100, msgs, lengthof(msgs));
+
+			while (n > 0)
+				rd_kafka_message_destroy(msgs[--n]);
 			serve_logs(c);
 		}
 	}
@@ -820,126 +816,108 @@ refresh_watermarks(Consumer *c)
 	return changed;
 }
 
+typedef struct BatchArg
+{
+	Consumer   *c;
+	IotBatch   *batch;
+	bool		with_watermarks;
+	int			n;				/* partitions in the batch */
+	Datum	   *parts;
+	Datum	   *expected;
+	Datum	   *next;
+	uint64		accepted;
+	uint64		rejected;
+	bool		fenced;
+} BatchArg;
+
+static void
+commit_batch_tx(void *arg)
+{
+	BatchArg   *ba = (BatchArg *) arg;
+	Datum		args[4];
+
+	iotpipe_batch_flush(ba->batch, &ba->accepted, &ba->rejected);
+	if (offsets_plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+
+		/*
+		 * The fence: a stored offset only moves from the value we know.  An
+		 * existing row never matches expected = -1 (we saw none).
+		 */
+		offsets_plan = SPI_prepare("INSERT INTO iotpipe.kafka_offsets AS o "
+								   "  (topic, partition, next_offset, updated_at) "
+								   "SELECT $1, p, nxt, now() FROM unnest($2, $4) AS t(p, nxt) "
+								   "ON CONFLICT (topic, partition) DO UPDATE "
+								   "  SET next_offset = EXCLUDED.next_offset, updated_at = now() "
+								   "  WHERE o.next_offset = ($3)[array_position($2, o.partition)]",
+								   4, types);
+		if (offsets_plan == NULL)
+			elog(ERROR, "SPI_prepare failed for the offsets upsert: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(offsets_plan);
+	}
+	args[0] = CStringGetTextDatum(cfg.topic);
+	args[1] = PointerGetDatum(construct_array(ba->parts, ba->n, INT4OID, 4, true, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(ba->expected, ba->n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(ba->next, ba->n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(offsets_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "kafka offsets upsert failed");
+	if (SPI_processed != (uint64) ba->n)
+	{
+		ba->fenced = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("stored offsets of topic \"%s\" were moved by another consumer", cfg.topic),
+				 errdetail("The batch is rolled back and consumed again from the stored offsets.")));
+	}
+	if (ba->with_watermarks)
+		write_watermarks(ba->c);
+}
+
 /*
- * Write the pending batch and its offsets (and changed watermarks) in one
- * transaction.  Never throws.
+ * Write the pending batch, its offsets (and changed watermarks) in one
+ * transaction.  Never throws; false if nothing was committed.
  */
 static bool
-commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *was_fenced)
+commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *fenced)
 {
-	volatile bool fenced = false;
-	volatile bool ok = true;
-	uint64		acc = 0,
-				rej = 0;
-	volatile int n = 0;
-	int			i;
-	Datum	   *parts = palloc(sizeof(Datum) * c->nparts);
-	Datum	   *expected = palloc(sizeof(Datum) * c->nparts);
-	Datum	   *next = palloc(sizeof(Datum) * c->nparts);
+	BatchArg	ba = {c, batch, with_watermarks};
 	rd_kafka_topic_partition_list_t *kcommit;
+	int			i;
 
+	ba.parts = palloc(sizeof(Datum) * c->nparts);
+	ba.expected = palloc(sizeof(Datum) * c->nparts);
+	ba.next = palloc(sizeof(Datum) * c->nparts);
 	for (i = 0; i < c->nparts; i++)
 	{
-		PartState  *ps = &c->parts[i];
-
-		if (!ps->in_batch)
+		if (!c->parts[i].in_batch)
 			continue;
-		parts[n] = Int32GetDatum(i);
-		expected[n] = Int64GetDatum(ps->committed);
-		next[n] = Int64GetDatum(ps->batch_next);
-		n++;
+		ba.parts[ba.n] = Int32GetDatum(i);
+		ba.expected[ba.n] = Int64GetDatum(c->parts[i].committed);
+		ba.next[ba.n] = Int64GetDatum(c->parts[i].batch_next);
+		ba.n++;
 	}
-
-	PG_TRY();
+	if (!in_xact(commit_batch_tx, &ba, "writing a batch"))
 	{
-		Datum		args[4];
-		int			ret;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "iotpipe kafka: writing a batch");
-		iotpipe_batch_flush(batch, &acc, &rej);
-
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (offsets_plan == NULL)
-		{
-			Oid			types[4] = {TEXTOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
-			SPIPlanPtr	plan;
-
-			/*
-			 * The fence: a stored offset only moves from the value we know.
-			 * An existing row never matches expected = -1 (we saw none).
-			 */
-			plan = SPI_prepare("INSERT INTO iotpipe.kafka_offsets AS o "
-							   "  (topic, partition, next_offset, updated_at) "
-							   "SELECT $1, p, nxt, now() FROM unnest($2, $4) AS t(p, nxt) "
-							   "ON CONFLICT (topic, partition) DO UPDATE "
-							   "  SET next_offset = EXCLUDED.next_offset, updated_at = now() "
-							   "  WHERE o.next_offset = ($3)[array_position($2, o.partition)]",
-							   4, types);
-			if (plan == NULL)
-				elog(ERROR, "SPI_prepare failed for the offsets upsert: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_keepplan(plan);
-			offsets_plan = plan;
-		}
-		args[0] = CStringGetTextDatum(cfg.topic);
-		args[1] = PointerGetDatum(construct_array(parts, n, INT4OID, 4, true, TYPALIGN_INT));
-		args[2] = PointerGetDatum(construct_array(expected, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[3] = PointerGetDatum(construct_array(next, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		ret = SPI_execute_plan(offsets_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "kafka offsets upsert failed: %s", SPI_result_code_string(ret));
-		if (SPI_processed != (uint64) n)
-		{
-			fenced = true;
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("stored offsets of topic \"%s\" were moved by another consumer",
-							cfg.topic),
-					 errdetail("The batch is rolled back and consumed again from the stored offsets.")));
-		}
-		if (with_watermarks)
-			write_watermarks(c);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(workcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		iotpipe_set_error("%s", edata->message);
-		if (!fenced)
+		*fenced = ba.fenced;
+		if (!ba.fenced)
 			iotpipe_set_state(IOT_STATE_BACKOFF, "batch failed; consuming again from the stored offsets");
 		ereport(LOG,
-				(errmsg("%s: could not write a batch of %d messages: %s",
-						who, iotpipe_batch_count(batch), edata->message),
-				 errdetail("Nothing of the batch was committed; it is consumed again from the stored offsets.")));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-
-	*was_fenced = fenced;
-	if (!ok)
+				(errmsg("%s: nothing of a batch of %d messages was committed", who, iotpipe_batch_count(batch)),
+				 errdetail("It is consumed again from the stored offsets.")));
+		pfree(ba.parts);
+		pfree(ba.expected);
+		pfree(ba.next);
 		return false;
-
+	}
 	made_progress = true;
 	if (with_watermarks)
 		watermarks_written(c);
-	iotpipe_count(acc + rej, acc, rej);
+	iotpipe_count(ba.accepted + ba.rejected, ba.accepted, ba.rejected);
 
 	/* tell Kafka too, for lag tooling; asynchronous, never read back */
-	kcommit = rd_kafka_topic_partition_list_new(Max(n, 1));
+	kcommit = rd_kafka_topic_partition_list_new(Max(ba.n, 1));
 	for (i = 0; i < c->nparts; i++)
 	{
 		PartState  *ps = &c->parts[i];
@@ -953,44 +931,16 @@ commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *was_fence
 	if (kcommit->cnt > 0)
 		(void) rd_kafka_commit(c->rk, kcommit, 1);
 	rd_kafka_topic_partition_list_destroy(kcommit);
-	pfree(parts);
-	pfree(expected);
-	pfree(next);
+	pfree(ba.parts);
+	pfree(ba.expected);
+	pfree(ba.next);
 	return true;
 }
 
-/* standalone transaction for changed watermarks while nothing is consumed */
 static void
-flush_watermarks(Consumer *c)
+write_watermarks_tx(void *arg)
 {
-	PG_TRY();
-	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "iotpipe kafka: publishing watermarks");
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		write_watermarks(c);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		watermarks_written(c);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(workcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		ereport(LOG, (errmsg("%s: could not publish watermarks: %s", who, edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
+	write_watermarks((Consumer *) arg);
 }
 
 static bool
@@ -1312,7 +1262,8 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 			}
 			if (wm_due && count == 0 && !health.outage)
 			{
-				flush_watermarks(c);
+				if (in_xact(write_watermarks_tx, c, "publishing watermarks"))
+					watermarks_written(c);
 				wm_due = false;
 			}
 			publish_state(c, &health, joined);
@@ -1374,7 +1325,8 @@ iotpipe_kafka_main(Datum arg)
 	workcxt = AllocSetContextCreate(TopMemoryContext, "iotpipe kafka", ALLOCSET_DEFAULT_SIZES);
 	MemoryContextSwitchTo(workcxt);
 
-	if (!read_source(source_id) || !cfg.enabled)
+	if (!in_xact(read_source_tx, &source_id, "reading the source") ||
+		cfg.topic == NULL || !cfg.enabled)
 	{
 		iotpipe_set_state(IOT_STATE_STOPPED, "source disabled or removed");
 		proc_exit(0);

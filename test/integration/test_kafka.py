@@ -510,3 +510,46 @@ def test_simulator_kafka_sink(kafka, sources):
             "DELETE FROM iotpipe.readings WHERE ingest_xid > %s::text::xid8",
             (str(first_xid),),
         )
+
+
+def test_failing_batch_transactions_roll_back_and_retry(kafka, sources):
+    """A batch whose transaction fails (here: a trigger on the offsets table)
+    commits nothing; the worker shows the error, backs off, rebuilds its
+    consumer and consumes again from the stored offsets."""
+    topic, prefix = "iot-k8", "k8"
+    sources.append((topic, prefix))
+    kafka.create_topic(topic, 2)
+    produce(kafka.bootstrap, topic, messages(prefix, 0, 20_000))
+    with connect() as c:
+        c.execute(
+            """CREATE FUNCTION public.k8_fail() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                   IF NEW.topic = 'iot-k8' THEN RAISE EXCEPTION 'k8: injected failure'; END IF;
+                   RETURN NEW;
+               END $$;
+               CREATE TRIGGER k8_fail BEFORE INSERT OR UPDATE ON iotpipe.kafka_offsets
+                   FOR EACH ROW EXECUTE FUNCTION public.k8_fail();"""
+        )
+    try:
+        start(kafka, topic)
+        failing = poll(
+            lambda: [
+                w
+                for w in kafka_workers(topic)
+                if w[2] == "backoff" and "injected failure" in (w[3] or "")
+            ],
+            30,
+            0.2,
+            "the worker to report the failing batch",
+        )
+        assert count_rows(prefix) == 0 and stored_offsets(topic) == {}
+    finally:
+        with connect() as c:
+            c.execute(
+                "DROP TRIGGER k8_fail ON iotpipe.kafka_offsets; DROP FUNCTION public.k8_fail()"
+            )
+    wait_caught_up(kafka, topic, 60)
+    verify(prefix, 20_000)
+    assert [w[1] for w in kafka_workers(topic)] == [
+        failing[0][1]
+    ], "the worker must survive"
