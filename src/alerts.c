@@ -155,8 +155,9 @@ typedef struct RuleState
 	int32		rule_id;
 	int16		rule_idx;		/* into rules[] of the current generation */
 	bool		firing;
-	bool		queued;			/* has an event in the write queue */
+	bool		queued;			/* has events in the write queue */
 	uint8		sig;			/* low bits of the rule's sig */
+	int32		qlast;			/* its last queued event */
 } RuleState;
 
 typedef struct SensorState
@@ -1025,11 +1026,12 @@ notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *st
 }
 
 /*
- * Fires and resolves are queued while a batch is evaluated and written with
- * one INSERT and one UPDATE per batch (each over unnest()ed arrays), then
- * notified in the order they happened.  A (rule, sensor) has at most one
- * queued event: a second one flushes the queue first, so the statements
- * never see the same key twice.
+ * Fires and resolves are queued while a batch is evaluated and written
+ * with an UPDATE and an INSERT per round (over unnest()ed arrays), then
+ * notified in the order they happened.  A (rule, sensor) alternates fire and
+ * resolve; its k-th queued event goes to a later round than the one before
+ * (resolves run before fires in a round), so no statement sees a key twice
+ * and a resolve of a fire queued earlier finds its alert_id.
  */
 struct AlertEvent
 {
@@ -1039,6 +1041,8 @@ struct AlertEvent
 	bool		silenced;
 	bool		done;			/* written: notify */
 	int16		rule_idx;
+	int16		round;
+	int32		fire_ref;		/* resolve of a queued fire: its event, else -1 */
 	SensorState *se;
 	RuleState  *st;
 	double		value;
@@ -1054,9 +1058,27 @@ queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool 
 			double value, bool reading_null, double reading, TimestampTz ts, int64 alert_id)
 {
 	AlertEvent *ev;
+	int			round = 0;
+	int			fire_ref = -1;
 
 	if (st->queued)
-		flush_events();
+	{
+		AlertEvent *last = &events[st->qlast];
+
+		if (last->round >= 1000)
+		{
+			flush_events();		/* a very long chain: write what we have */
+			return queue_event(r, se, st, fire, value_null, value, reading_null, reading, ts,
+							   alert_id);
+		}
+		if (fire)
+			round = last->round;	/* after the resolve, in the same round */
+		else
+		{
+			round = last->round + 1;	/* after the fire */
+			fire_ref = st->qlast;
+		}
+	}
 	if (nevents == events_cap)
 	{
 		events_cap = Max(64, events_cap * 2);
@@ -1075,8 +1097,11 @@ queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool 
 	ev->reading = reading;
 	ev->ts = ts;
 	ev->alert_id = alert_id;
+	ev->round = round;
+	ev->fire_ref = fire_ref;
 	ev->silenced = is_silenced(r, se->sensor_id, se->location);
 	st->queued = true;
+	st->qlast = nevents - 1;
 }
 
 static void
@@ -1092,22 +1117,23 @@ static void
 resolve(const AlertRule *r, SensorState *se, RuleState *st, bool value_null, double value,
 		bool reading_null, double reading, TimestampTz ts)
 {
-	FiringEntry *fe;
-	int64		alert_id;
+	int64		alert_id = 0;
 
-	if (st->queued)
-		flush_events();			/* its fire must be written to know its alert_id */
-	fe = firing_lookup(r->rule_id, se->sensor_id, HASH_FIND);
-	alert_id = fe ? fe->alert_id : 0;
 	st->firing = false;
 	st->pending_since = DT_NOBEGIN;
-	if (fe == NULL)
+	if (!st->queued)
 	{
-		/* cannot happen: firing states mirror the firing set */
-		alerts_local_dirty = true;
-		return;
+		/* the alert_id of a fire still queued is known at the flush */
+		FiringEntry *fe = firing_lookup(r->rule_id, se->sensor_id, HASH_FIND);
+
+		if (fe == NULL)
+		{
+			/* cannot happen: firing states mirror the firing set */
+			alerts_local_dirty = true;
+			return;
+		}
+		alert_id = fe->alert_id;
 	}
-	firing_lookup(r->rule_id, se->sensor_id, HASH_REMOVE);
 	queue_event(r, se, st, false, value_null, value, reading_null, reading, ts, alert_id);
 }
 
@@ -1139,63 +1165,87 @@ by_val_array(Datum *elems, int n, Oid type, int len)
 }
 
 /*
- * Resolves one statement each: an UPDATE over unnest() may be planned as a
- * scan of every firing alert, this one is always a unique index lookup.
+ * Resolves, one UPDATE for the batch.  It finds the rows by primary key
+ * (= ANY): "state <> 'resolved'" rather than "state = 'firing'" keeps the
+ * planner off the partial index of firing alerts, which it would scan whole.
  */
 static void
-write_resolves(void)
+write_resolves(int round)
 {
-	int			i;
+	int			n = 0,
+				i;
+	Datum	   *aids = palloc(sizeof(Datum) * nevents);
+	Datum	   *tss = palloc(sizeof(Datum) * nevents);
+	Datum	   *vals = palloc(sizeof(Datum) * nevents);
+	bool	   *vnulls = palloc(sizeof(bool) * nevents);
+	Datum		args[3];
+	int			ret;
+	uint64		k;
 
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
-		Datum		args[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-		int			ret;
 
-		if (ev->fire)
+		if (ev->fire || ev->round != round)
 			continue;
-		if (resolve_plan == NULL)
-		{
-			Oid			types[5] = {INT4OID, TEXTOID, INT8OID, TIMESTAMPTZOID, FLOAT8OID};
-
-			resolve_plan = keep_plan("UPDATE iotpipe.alerts "
-									 "   SET state = 'resolved', resolved_at = $4, "
-									 "       resolved_value = $5, resolved_wall = now() "
-									 " WHERE rule_id = $1 AND sensor_id = $2 AND state = 'firing' "
-									 "   AND alert_id = $3 "
-									 "RETURNING started_at",
-									 5, types);
-		}
-		args[0] = Int32GetDatum(rules[ev->rule_idx].rule_id);
-		args[1] = CStringGetTextDatum(ev->se->sensor_id);
-		args[2] = Int64GetDatum(ev->alert_id);
-		args[3] = TimestampTzGetDatum(ev->ts);
-		args[4] = Float8GetDatum(ev->value);
-		nulls[4] = ev->value_null ? 'n' : ' ';
-		engine_writing = true;
-		ret = SPI_execute_plan(resolve_plan, args, nulls, false, 0);
-		engine_writing = false;
-		if (ret != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not update iotpipe.alerts: %s", SPI_result_code_string(ret));
-		/* not updated: resolved by somebody else already, say nothing */
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-
-			ev->done = true;
-			ev->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-															   SPI_tuptable->tupdesc, 1,
-															   &isnull));
-			alerts_bump_pending = true;
-		}
-		SPI_freetuptable(SPI_tuptable);
+		if (ev->fire_ref >= 0)
+			ev->alert_id = events[ev->fire_ref].alert_id;	/* 0: not written */
+		if (ev->alert_id == 0)
+			continue;			/* its fire was not written: nothing to resolve */
+		aids[n] = Int64GetDatum(ev->alert_id);
+		tss[n] = TimestampTzGetDatum(ev->ts);
+		vals[n] = Float8GetDatum(ev->value);
+		vnulls[n] = ev->value_null;
+		n++;
 	}
+	if (n == 0)
+		return;
+	if (resolve_plan == NULL)
+	{
+		Oid			types[3] = {INT8ARRAYOID, 1185 /* timestamptz[] */ , FLOAT8ARRAYOID};
+
+		resolve_plan = keep_plan("UPDATE iotpipe.alerts AS a "
+								 "   SET state = 'resolved', resolved_at = u.ts, "
+								 "       resolved_value = u.v, resolved_wall = now() "
+								 "  FROM unnest($1, $2, $3) AS u(id, ts, v) "
+								 " WHERE a.alert_id = ANY ($1) AND a.alert_id = u.id "
+								 "   AND a.state <> 'resolved' "
+								 "RETURNING a.alert_id, a.started_at",
+								 3, types);
+	}
+	args[0] = by_val_array(aids, n, INT8OID, 8);
+	args[1] = by_val_array(tss, n, TIMESTAMPTZOID, 8);
+	args[2] = f8_array(vals, vnulls, n);
+	engine_writing = true;
+	ret = SPI_execute_plan(resolve_plan, args, NULL, false, 0);
+	engine_writing = false;
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not update iotpipe.alerts: %s", SPI_result_code_string(ret));
+	for (k = 0; k < SPI_processed; k++)
+	{
+		bool		isnull;
+		int64		aid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[k],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		TimestampTz started = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[k],
+																SPI_tuptable->tupdesc, 2,
+																&isnull));
+
+		for (i = 0; i < nevents; i++)
+			if (!events[i].fire && events[i].round == round && events[i].alert_id == aid)
+			{
+				events[i].done = true;
+				events[i].started_at = started;
+				break;
+			}
+	}
+	/* those not updated were resolved by somebody else already: say nothing */
+	if (SPI_processed > 0)
+		alerts_bump_pending = true;
+	SPI_freetuptable(SPI_tuptable);
 }
 
 static void
-write_fires(void)
+write_fires(int round)
 {
 	int			n = 0,
 				i;
@@ -1220,7 +1270,7 @@ write_fires(void)
 		AlertEvent *ev = &events[i];
 		AlertRule  *r = &rules[ev->rule_idx];
 
-		if (!ev->fire)
+		if (!ev->fire || ev->round != round)
 			continue;
 		rids[n] = Int32GetDatum(r->rule_id);
 		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
@@ -1284,7 +1334,8 @@ write_fires(void)
 		{
 			AlertEvent *ev = &events[i];
 
-			if (ev->fire && !ev->done && rules[ev->rule_idx].rule_id == rid &&
+			if (ev->fire && ev->round == round && !ev->done &&
+				rules[ev->rule_idx].rule_id == rid &&
 				strcmp(ev->se->sensor_id, sid) == 0)
 			{
 				ev->done = true;
@@ -1316,35 +1367,41 @@ adopt(AlertEvent *ev)
 	args[0] = Int32GetDatum(r->rule_id);
 	args[1] = CStringGetTextDatum(ev->se->sensor_id);
 	ret = SPI_execute_plan(adopt_plan, args, NULL, false, 1);
+	ev->alert_id = 0;
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
-		FiringEntry *fe = firing_lookup(r->rule_id, ev->se->sensor_id, HASH_ENTER);
 
-		fe->alert_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+		ev->alert_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												   SPI_tuptable->tupdesc, 1, &isnull));
-		fe->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+		ev->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
 														   SPI_tuptable->tupdesc, 2, &isnull));
 	}
-	else
-	{
-		/* resolved again meanwhile: the next breaching reading fires anew */
-		ev->st->firing = false;
-		alerts_local_dirty = true;
-	}
+	/* else resolved again meanwhile: resync the firing states next batch */
+	alerts_local_dirty = true;
 	SPI_freetuptable(SPI_tuptable);
 }
 
-/* write the queued events, then notify them in order */
+/* write the queued events round by round, then notify them in order */
 static void
 flush_events(void)
 {
-	int			i;
+	int			i,
+				round,
+				maxround = 0;
 
 	if (nevents == 0)
 		return;
-	write_resolves();
-	write_fires();
+	for (i = 0; i < nevents; i++)
+		maxround = Max(maxround, events[i].round);
+	for (round = 0; round <= maxround; round++)
+	{
+		write_resolves(round);
+		write_fires(round);
+		for (i = 0; i < nevents; i++)
+			if (events[i].fire && events[i].round == round && !events[i].done)
+				adopt(&events[i]);
+	}
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
@@ -1353,12 +1410,7 @@ flush_events(void)
 		ev->st->queued = false;
 		if (ev->fire)
 		{
-			if (!ev->done)
-			{
-				adopt(ev);
-				continue;
-			}
-			else
+			if (ev->alert_id != 0)
 			{
 				FiringEntry *fe = firing_lookup(r->rule_id, ev->se->sensor_id, HASH_ENTER);
 
@@ -1366,6 +1418,8 @@ flush_events(void)
 				fe->started_at = ev->started_at;
 			}
 		}
+		else
+			firing_lookup(r->rule_id, ev->se->sensor_id, HASH_REMOVE);
 		if (ev->done && !ev->silenced)
 			notify(r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
 				   ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
