@@ -104,9 +104,10 @@ with left:
                     bars,
                     x="tp",
                     y="lag",
-                    height=160,
+                    height=40 + 24 * len(bars),
                     x_label="topic[partition]",
-                    y_label="lag",
+                    y_label="messages behind",
+                    horizontal=True,
                 )
             st.dataframe(lag, hide_index=True, width="stretch")
             if source == "iotpipe.kafka_offsets":

@@ -542,6 +542,32 @@ def test_browser(dash, server, browser):
         wait_text(d, "Analytics", "not available yet")
     time.sleep(2)  # let the charts finish drawing for the screenshot
     d.save_screenshot(os.path.join(IMG, "analytics.png"))
+    if has_dw:
+        # the PDF button builds the report on click and the browser downloads it
+        downloads = os.path.join(DIR, "downloads")
+        shutil.rmtree(downloads, ignore_errors=True)
+        os.makedirs(downloads)
+        d.execute_cdp_cmd(
+            "Browser.setDownloadBehavior",
+            {"behavior": "allow", "downloadPath": downloads},
+        )
+
+        def click_pdf():
+            for b in d.find_elements(By.TAG_NAME, "button"):
+                if b.text.strip() == "Download report (PDF)":
+                    b.click()
+                    return True
+            return False
+
+        poll(click_pdf, timeout=10, interval=0.3, what="the PDF button")
+
+        def downloaded():
+            done = [f for f in os.listdir(downloads) if f.endswith(".pdf")]
+            return done and os.path.join(downloads, done[0])
+
+        pdf = poll(downloaded, timeout=30, interval=0.3, what="the PDF download")
+        with open(pdf, "rb") as f:
+            assert f.read(5) == b"%PDF-"
 
     # System
     d.set_window_size(1600, 2050)
