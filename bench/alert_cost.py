@@ -2,19 +2,23 @@
 """Cost of the alert engine: ingest rate with 100 enabled rules vs none, same run.
 
 Starts its own cluster (iotpipe preloaded) unless --dsn is given, generates
---messages simulator messages per round with iotpipe.simulate() (1000 sensors,
-event times moving forward from round to round, so every reading is new to the
-engine), stores them server-side, then alternates rounds (ABBA order) of
+--messages simulator messages per round with iotpipe.simulate() (1000 sensors;
+two continuous streams cut into slices, so every reading is new to the engine
+and the 100-rule rounds see one gap-free stream), stores them server-side,
+then alternates rounds (ABBA order) of
 
   * 0 rules:   iotpipe.ingest_json(msgs) with every bench rule disabled
-  * 100 rules: the same call with 100 rules enabled, all in scope of every
-               sensor: 55 threshold (some with for_duration), 20 rate,
-               15 anomaly, 10 offline (one day, never due here)
+  * 100 rules: the same call with 100 rules enabled (--rules realistic:
+               per-location and global rules, see rules_sql; --rules global:
+               all 100 in scope of every sensor; --never-fire: thresholds out
+               of reach, the evaluation alone; --storm: global rules firing
+               on every spike, the alert write path too)
 
 iotpipe.readings is truncated before each round.  Prints rows/s per round, the
 medians, the ratio (100 rules / 0 rules) and how many alerts fired and resolved.
 
-Usage: bench/alert_cost.py [--messages 200000] [--rounds 5] [--storm] [--dsn DSN]
+Usage: bench/alert_cost.py [--messages 200000] [--rounds 5] [--rules realistic|global]
+                           [--never-fire] [--storm] [--dsn DSN]
 Target: 100 rules cost at most 15 % of ingest throughput (ratio >= 0.85).
 """
 
@@ -42,29 +46,67 @@ LOCATIONS = {
 }
 
 
-def rules_sql(storm=False):
-    """100 rules.  Default: what an operator would set up: 40 hot thresholds,
-    5 per location, and 60 rules in scope of every sensor (cold, humidity,
-    smoothed rate, anomaly, offline), so each reading meets 65 rules.
-    --storm: all 100 rules global with aggressive, overlapping thresholds
-    (many alerts) to price the fire/resolve path as well."""
-    hot0, rate0, z0, zstep = (40, 5, 4, 0.3) if storm else (48, 12, 6, 0.5)
+def rules_sql(mode="realistic"):
+    """100 rules.
+
+    realistic (default): what an operator sets up: per location 5 hot
+      thresholds (warning .. critical, one needing 1 minute of breach), a
+      temperature anomaly, a rising-rate and a too-dry rule; a humidity
+      anomaly for 7 locations; globally 10 cold, 5 humidity, 4 rate and 10
+      offline rules.  A reading meets 38 or 39 of the 100 rules.
+    global: all 100 rules in scope of every sensor (40 overlapping hot
+      thresholds, 10 cold, 5 humidity, 20 rate, 15 anomaly, 10 offline):
+      with --never-fire it prices the evaluation alone, with --storm the
+      fire/resolve path of an alert storm as well.
+    """
     rows = []
-    if storm:  # 40 global hot rules, overlapping
+    if mode == "realistic":
+        for loc, base in LOCATIONS.items():
+            for k in range(5):
+                dur = "1 minute" if k == 0 else "0"
+                rows.append(
+                    f"('bench-hot-{loc}-{k}', '{loc}', 'threshold', 'temperature', '>', "
+                    f"{base + 12 + 3 * k}, {base + 9 + 3 * k}, '{dur}', 60, 30)"
+                )
+            rows.append(
+                f"('bench-anom-t-{loc}', '{loc}', 'anomaly', 'temperature', NULL, 6, NULL, '0', 120, 30)"
+            )
+            rows.append(
+                f"('bench-rate-{loc}', '{loc}', 'rate', 'temperature', '>', 10, NULL, '0', 60, 30)"
+            )
+            rows.append(
+                f"('bench-dry-{loc}', '{loc}', 'threshold', 'humidity', '<', 3, 5, '0', 60, 30)"
+            )
+        for loc in list(LOCATIONS)[:7]:
+            rows.append(
+                f"('bench-anom-h-{loc}', '{loc}', 'anomaly', 'humidity', NULL, 6, NULL, '0', 120, 30)"
+            )
+        for i in range(4):
+            op, thr = (">", 20 + 5 * i) if i % 2 == 0 else ("<", -20 - 5 * i)
+            rows.append(
+                f"('bench-rate-{i}', NULL, 'rate', 'temperature', '{op}', {thr}, NULL, '0', 60, 30)"
+            )
+    else:
+        hot0, rate0, z0, zstep = (
+            (40, 5, 4, 0.3) if mode == "storm" else (48, 12, 6, 0.5)
+        )
         for i in range(40):
             dur = "1 minute" if i % 4 == 0 else "0"
             rows.append(
                 f"('bench-hot-{i}', NULL, 'threshold', 'temperature', '>', {hot0 + i}, {hot0 + i - 3}, "
                 f"'{dur}', 60, 30)"
             )
-    else:  # 5 per location (warning .. critical), above its normal range; one needs 1 minute
-        for loc, base in LOCATIONS.items():
-            for k in range(5):
-                dur = "1 minute" if k == 0 else "0"
-                rows.append(
-                    f"('bench-hot-{loc}-{k}', '{loc}', 'threshold', 'temperature', '>', {base + 12 + 3 * k}, "
-                    f"{base + 9 + 3 * k}, '{dur}', 60, 30)"
-                )
+        for i in range(20):  # smoothed rate (1 minute), rising and falling
+            op, thr = (">", rate0 + i) if i % 2 == 0 else ("<", -rate0 - i)
+            rows.append(
+                f"('bench-rate-{i}', NULL, 'rate', 'temperature', '{op}', {thr}, NULL, '0', 60, 30)"
+            )
+        for i in range(15):  # anomaly z-score, three windows
+            metric = "temperature" if i % 3 else "humidity"
+            rows.append(
+                f"('bench-anom-{i}', NULL, 'anomaly', '{metric}', NULL, {z0 + zstep * i}, NULL, '0', "
+                f"{(60, 120, 240)[i % 3]}, 30)"
+            )
     for i in range(10):  # cold
         rows.append(
             f"('bench-cold-{i}', NULL, 'threshold', 'temperature', '<', {-8 - i}, {-5 - i}, '0', 60, 30)"
@@ -73,22 +115,11 @@ def rules_sql(storm=False):
         rows.append(
             f"('bench-humid-{i}', NULL, 'threshold', 'humidity', '>', {90 + i}, {87 + i}, '0', 60, 30)"
         )
-    for i in range(20):  # smoothed rate (1 minute), rising and falling
-        op, thr = (">", rate0 + i) if i % 2 == 0 else ("<", -rate0 - i)
-        rows.append(
-            f"('bench-rate-{i}', NULL, 'rate', 'temperature', '{op}', {thr}, NULL, '0', 60, 30)"
-        )
-    for i in range(15):  # anomaly z-score, three windows
-        metric = "temperature" if i % 3 else "humidity"
-        rows.append(
-            f"('bench-anom-{i}', NULL, 'anomaly', '{metric}', NULL, {z0 + zstep * i}, NULL, '0', "
-            f"{(60, 120, 240)[i % 3]}, 30)"
-        )
     for i in range(10):
         rows.append(
             f"('bench-offline-{i}', NULL, 'offline', NULL, NULL, NULL, NULL, '{1 + i} days', 60, 30)"
         )
-    assert len(rows) == 100
+    assert len(rows) == 100, len(rows)
     return (
         "INSERT INTO iotpipe.alert_rules (name, location, kind, metric, op, threshold, clear_threshold, "
         "for_duration, window_size, min_samples, enabled) "
@@ -112,6 +143,12 @@ def main():
         "--never-fire",
         action="store_true",
         help="unreachable thresholds: evaluation cost only",
+    )
+    ap.add_argument(
+        "--rules",
+        choices=["realistic", "global"],
+        default="realistic",
+        help="rule set (rules_sql)",
     )
     ap.add_argument("--dsn", help="use this database instead of starting a cluster")
     ap.add_argument("--dir", default="/tmp/iotpipe-bench-alerts")
@@ -140,7 +177,7 @@ def run(a, dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
         c.execute("DELETE FROM iotpipe.alert_rules WHERE name LIKE 'bench-%'")
-        c.execute(rules_sql(a.storm))
+        c.execute(rules_sql("storm" if a.storm else a.rules))
         if a.never_fire:
             c.execute(
                 "UPDATE iotpipe.alert_rules SET clear_threshold = NULL, threshold = CASE WHEN kind = 'anomaly' "
