@@ -154,7 +154,7 @@ static bool
 option_is_secret(const char *key)
 {
 	static const char *const words[] = {"password", "secret", "key", "token", "jaas",
-	"credential", "oauthbearer", "sasl.username", NULL};
+	"credential", "sasl.", NULL};
 	int			i;
 
 	for (i = 0; words[i]; i++)
