@@ -501,7 +501,9 @@ def test_browser(dash, server, browser):
     )
     # a new critical alert appears by itself (NOTIFY -> listener thread -> fragment)
     a3 = fire_alert(db, "dash-0003", 99.0)
-    wait_text(d, f"#{a3}", timeout=20)
+    wait_text(
+        d, f"#{a3}", f"Critical alert #{a3}", timeout=20
+    )  # in the feed, and a toast
     time.sleep(
         2
     )  # let the charts finish drawing for the screenshot  # let the chart finish drawing for the screenshot
