@@ -235,20 +235,31 @@ def live_chart(mode, target, metric, window_s):
 
 
 def _toast_new(alerts):
+    """A toast for every critical firing alert not toasted yet (NOTIFY payloads or rows)."""
     toasted = st.session_state.setdefault("_toasted", set())
     for a in alerts:
         aid = a.get("alert_id")
         if (
-            a.get("severity") == "critical"
-            and a.get("state", "firing") == "firing"
-            and aid not in toasted
+            a.get("severity") != "critical"
+            or a.get("state", "firing") != "firing"
+            or aid in toasted
         ):
-            toasted.add(aid)
-            st.toast(
-                f"Critical alert #{aid}: {a.get('rule') or 'rule ' + str(a.get('rule_id'))} on "
-                f"{a.get('sensor_id')} (value {a.get('value')})",
-                icon=":material/warning:",
-            )
+            continue
+        toasted.add(aid)
+        rule = a.get("rule") or f"rule {a.get('rule_id')}"
+        reading = a.get("reading")
+        shown = (
+            reading if reading is not None and not pd.isna(reading) else a.get("value")
+        )
+        try:
+            shown = f"{a.get('metric') or 'value'} {float(shown):.2f}"
+        except (TypeError, ValueError):
+            shown = ""
+        st.toast(
+            f"Critical alert #{aid}: {rule} on {a.get('sensor_id')}"
+            + (f" ({shown})" if shown else ""),
+            icon=":material/warning:",
+        )
 
 
 def _alert_value(row) -> str:
@@ -322,9 +333,14 @@ def alert_feed():
             ss["_feed_df"] = q.alert_feed(c, limit=30)
             ss["_feed_at"] = now
             ss["_feed_dirty"] = False
-            if not ss["_feed_df"].empty:
+            fresh = ss["_feed_df"]
+            if not fresh.empty:
+                # alerts that fired while LISTEN was (re)connecting still get their toast
+                newer = fresh[fresh["alert_id"] > ss["_feed_max_id"]]
+                if not newer.empty:
+                    _toast_new(newer.to_dict("records"))
                 ss["_feed_max_id"] = max(
-                    ss["_feed_max_id"], int(ss["_feed_df"]["alert_id"].max())
+                    ss["_feed_max_id"], int(fresh["alert_id"].max())
                 )
         df = ss["_feed_df"]
         ok, err = ss.pop("_ack_msg", (None, None))
