@@ -40,10 +40,17 @@ SELECT severity, count(*) AS firing
  GROUP BY severity
 """
 
+# Ingest rate: the workers that write readings. A simulator producing into Kafka writes
+# nothing itself (the Kafka workers ingest what it produced), so it is not counted twice.
 KPI_RATE = """
-SELECT coalesce(sum(rate) FILTER (WHERE kind IS DISTINCT FROM 'launcher'), 0)::float8 AS per_s,
-       count(*) FILTER (WHERE kind IS DISTINCT FROM 'launcher') AS ingest_workers
-  FROM iotpipe.status
+WITH w AS (
+    SELECT st.rate
+      FROM iotpipe.status st
+     WHERE st.kind IS DISTINCT FROM 'launcher'
+       AND NOT (st.kind = 'simulator'
+                AND coalesce((SELECT sink FROM iotpipe.simulator LIMIT 1), 'direct') = 'kafka')
+)
+SELECT coalesce(sum(rate), 0)::float8 AS per_s, count(*) AS ingest_workers FROM w
 """
 
 # Cumulative counter sampled by the dashboard for "ingest rate over time".
