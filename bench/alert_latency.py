@@ -179,6 +179,7 @@ def run(a, broker):
                 )
             )
 
+    load0 = " ".join(f"{x:.1f}" for x in os.getloadavg())
     # listener: a process of its own (no GIL shared with the producer)
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
@@ -304,10 +305,11 @@ def run(a, broker):
         if broker
         else "iotpipe.ingest_json() from one producer connection"
     )
-    print(f"path: {path}")
+    print(f"path: {path}; load average before the run: {load0}")
     if broker:
         print(
-            f"      {a.workers} workers, 4 partitions, iotpipe.flush_interval = {a.flush_ms} ms"
+            f"      {a.workers} workers, 4 partitions, iotpipe.flush_interval = {a.flush_ms} ms, "
+            f"iotpipe.kafka_poll_timeout = {a.poll_ms} ms"
         )
     print(
         f"produced {produced:,} readings in {dur:.1f} s: {produced / dur:,.0f} readings/s "
