@@ -101,7 +101,7 @@ with ui.section("the warehouse"):
         frame, x = (hourly, "hour_start") if grain == "Hourly" else (daily, "day")
         st.altair_chart(
             alt.Chart(frame)
-            .mark_line(point=grain == "Daily")
+            .mark_line(point=alt.OverlayMarkDef(size=25 if grain == "Hourly" else 50))
             .encode(
                 x=alt.X(f"{x}:T", title="time (UTC)"),
                 y=alt.Y(f"{metric}:Q", title=metric.replace("_", " ")),

@@ -97,18 +97,19 @@ with left:
             if "lag" in lag.columns and lag["lag"].notna().any():
                 total_lag = int(lag["lag"].fillna(0).sum())
                 st.metric("Total lag (messages)", f"{total_lag:,}")
-                bars = lag.assign(
-                    tp=lag["topic"] + "[" + lag["partition"].astype(str) + "]"
-                )
-                st.bar_chart(
-                    bars,
-                    x="tp",
-                    y="lag",
-                    height=40 + 24 * len(bars),
-                    x_label="topic[partition]",
-                    y_label="messages behind",
-                    horizontal=True,
-                )
+                if total_lag:
+                    bars = lag.assign(
+                        tp=lag["topic"] + "[" + lag["partition"].astype(str) + "]"
+                    )
+                    st.bar_chart(
+                        bars,
+                        x="tp",
+                        y="lag",
+                        height=40 + 24 * len(bars),
+                        x_label="topic[partition]",
+                        y_label="messages behind",
+                        horizontal=True,
+                    )
             st.dataframe(lag, hide_index=True, width="stretch")
             if source == "iotpipe.kafka_offsets":
                 st.caption(
