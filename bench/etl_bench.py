@@ -119,7 +119,8 @@ def pandas_etl(dsn):
             for chunk in cp:
                 buf.write(chunk)
         buf.seek(0)
-        df = pd.read_csv(buf, parse_dates=["ts"])
+        df = pd.read_csv(buf)
+        df["ts"] = pd.to_datetime(df["ts"], format="ISO8601", utc=True)
         # dedup: first ingested wins (stable sort keeps the physical order within a transaction)
         df = df.sort_values(["sensor_id", "ts", "xid"], kind="stable")
         copies = df.groupby(["sensor_id", "ts"], sort=False).size().to_numpy()
@@ -256,7 +257,7 @@ def main():
     try:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION iotpipe")
-            c.execute("SET work_mem = '256MB'")  # what run_etl uses
+            c.execute("SET work_mem = '1GB'")  # what run_etl uses
             c.execute(
                 f"SELECT iotpipe.create_partitions('2025-12-31', date '2026-01-01' + {a.days + 2})"
             )

@@ -589,7 +589,9 @@ CREATE FUNCTION iotpipe.run_etl(until timestamptz DEFAULT NULL) RETURNS iotpipe.
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    SET work_mem = '256MB'
+    -- a full load sorts every reading once: keep it in memory (an
+    -- incremental run uses a fraction); change with ALTER FUNCTION ... SET
+    SET work_mem = '1GB'
 AS
 $$
 DECLARE
