@@ -1,49 +1,33 @@
 /*-------------------------------------------------------------------------
  *
  * kafka.c
- *	  Kafka consumer workers, exactly once, and the producer behind the
- *	  simulator's kafka sink.
+ *	  Kafka consumer workers (exactly once) and the producer behind the
+ *	  simulator's kafka sink.  Design and guarantees: docs/kafka.md.
  *
- *	  One worker per (source, worker number), started by the launcher from
- *	  iotpipe.kafka_sources.  The workers of a source form one consumer
- *	  group (librdkafka's high-level consumer, eager rebalancing) and split
- *	  the topic's partitions.
+ *	  The workers of a source (iotpipe.kafka_sources, started by the
+ *	  launcher) form one consumer group, eager rebalancing, static members.
+ *	  iotpipe.kafka_offsets is the only truth: each batch's rows, dead
+ *	  letters and per-partition next_offset commit in one transaction, and
+ *	  the offsets upsert is fenced (it only moves a next_offset from the
+ *	  value this worker knows), so a batch raced by a rebalance rolls back.
  *
- *	  Exactly once.  iotpipe.kafka_offsets is the only truth about what has
- *	  been ingested.  Each batch's rows, dead letters and per-partition
- *	  next_offset commit in one transaction; Kafka's own committed offsets
- *	  are written afterwards for lag tooling only and never read.  The
- *	  offsets upsert is fenced: it only moves a partition's next_offset from
- *	  the value this worker read when it was assigned the partition (or last
- *	  committed).  If another worker moved it meanwhile (a rebalance this
- *	  worker had not seen yet) the whole transaction rolls back and the
- *	  worker re-reads the table.  So a message is in readings/dead_letters
- *	  exactly when its offset is below next_offset, whatever crashes, kills
- *	  or rebalances happen in between.
+ *	  Threads: everything librdkafka calls back into runs on our thread,
+ *	  inside our own librdkafka calls, never inside a transaction of ours.
+ *	  The main queue is forwarded to the consumer queue (rebalance, error
+ *	  and commit callbacks are served by rd_kafka_consume_batch_queue); log
+ *	  lines go to a queue of their own, drained by the loop, and are only
+ *	  copied by the callback.  The rebalance callback reads the stored
+ *	  offsets in a transaction of its own inside PG_TRY (no error ever
+ *	  unwinds through librdkafka) and puts them into the assignment list.
+ *	  librdkafka 2.0's batch API may return messages fetched before and
+ *	  after a rebalance in one call: after a rebalance that call's messages
+ *	  and the partial batch are dropped and the assignment re-applied at
+ *	  the stored offsets.
  *
- *	  Threads.  Everything librdkafka calls back into runs on the worker's
- *	  own thread: the main queue is forwarded to the consumer queue, so
- *	  rebalance, error and commit callbacks are served inside
- *	  rd_kafka_consume_batch_queue(); librdkafka's log lines go to a queue
- *	  of their own (log.queue=true) that the loop drains, and the log
- *	  callback only copies them into a buffer written to the server log
- *	  after the call returns.  No callback ever runs inside a transaction of
- *	  ours; the rebalance callback reads the stored offsets in a transaction
- *	  of its own, inside PG_TRY, so no error unwinds through librdkafka.
- *
- *	  Rebalances (librdkafka 2.0.x).  The batch API may hand back, in the
- *	  same call, messages fetched before and after a rebalance.  So when a
- *	  rebalance callback ran during a call, everything that call returned
- *	  and the partial batch are dropped, and the current assignment is
- *	  re-applied at the stored offsets (rd_kafka_assign with offsets, never
- *	  rd_kafka_seek_partitions).  Nothing dropped was committed: it is
- *	  simply fetched again.
- *
- *	  Worker states: starting -> waiting (joining the group, or the topic
- *	  does not exist) -> running (partitions assigned) / idle (none) ->
- *	  backoff (broker unreachable: librdkafka reconnects by itself and the
- *	  worker probes; or a failed batch: the consumer is rebuilt after a
- *	  growing pause) -> stopped.
+ *	  States: starting -> waiting (joining; topic missing) -> running /
+ *	  idle (no partitions) <-> backoff (Kafka unreachable: librdkafka
+ *	  reconnects, we probe; or a failed batch: the consumer is rebuilt
+ *	  after a growing pause) -> stopped.
  *
  *-------------------------------------------------------------------------
  */
@@ -435,6 +419,15 @@ part_state(Consumer *c, int32 partition)
 	return &c->parts[partition];
 }
 
+static void
+unassign_all(Consumer *c)
+{
+	int			i;
+
+	for (i = 0; i < c->nparts; i++)
+		c->parts[i].assigned = c->parts[i].in_batch = false;
+}
+
 typedef struct OffsetsArg
 {
 	Consumer   *c;
@@ -487,8 +480,7 @@ load_offsets(Consumer *c, rd_kafka_topic_partition_list_t *list)
 	}
 	/* callbacks only run inside librdkafka calls made outside transactions */
 	ok = !IsTransactionState() && in_xact(load_offsets_tx, &oa, "reading stored offsets");
-	for (i = 0; i < c->nparts; i++)
-		c->parts[i].assigned = c->parts[i].in_batch = false;
+	unassign_all(c);
 	for (i = 0; ok && i < list->cnt; i++)
 	{
 		PartState  *ps = &c->parts[list->elems[i].partition];
@@ -505,7 +497,6 @@ rk_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 				rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
 	Consumer   *c = (Consumer *) opaque;
-	int			i;
 
 	c->rebalanced = true;
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && !c->closing)
@@ -517,11 +508,7 @@ rk_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		}
 		c->rebalance_failed = true;
 	}
-	for (i = 0; i < c->nparts; i++)
-	{
-		c->parts[i].assigned = false;
-		c->parts[i].in_batch = false;
-	}
+	unassign_all(c);
 	rd_kafka_assign(rk, NULL);
 }
 
@@ -1081,12 +1068,71 @@ probe(Consumer *c, Health *h)
 	return ok;
 }
 
+/*
+ * One message from the consumer: into the batch (true), or an error event,
+ * or not ours (false).  new_batch: it is the first of a batch.
+ */
+static bool
+take_message(Consumer *c, IotBatch *batch, rd_kafka_message_t *m, Health *h, bool joined,
+			 bool new_batch)
+{
+	IotSource	src = {.source = "kafka", .topic = cfg.topic};
+	PartState  *ps = part_state(c, m->partition);
+
+	if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && ps != NULL && ps->assigned)
+	{
+		/*
+		 * The stored offset is out of the log's range (retention deleted it,
+		 * or the topic was re-created): librdkafka went to auto.offset.reset;
+		 * take what comes from there.
+		 */
+		ps->pos = -1;
+		ereport(WARNING,
+				(errmsg("%s: partition %d: %s", who, m->partition, rd_kafka_message_errstr(m)),
+				 errdetail("The stored next offset was " INT64_FORMAT "; consumption goes on from where auto.offset.reset points.",
+						   ps->committed)));
+		iotpipe_set_error("kafka: partition %d: %s", m->partition, rd_kafka_message_errstr(m));
+		return false;
+	}
+	if (m->err)
+	{
+		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		{
+			note_error(h, m->err, rd_kafka_message_errstr(m));
+			publish_state(c, h, joined);
+		}
+		return false;
+	}
+	/* not ours any more, or already in the batch / committed */
+	if (ps == NULL || !ps->assigned || (ps->pos >= 0 && m->offset < ps->pos))
+		return false;
+
+	if (new_batch)
+		iotpipe_batch_reset(batch);
+	src.partition = m->partition;
+	src.offset = m->offset;
+	if (m->payload == NULL)
+		iotpipe_batch_reject(batch, "", 0, &src, "message has a null value");
+	else if (m->len > (size_t) iotpipe_kafka_max_message_bytes)
+	{
+		char		reason[128];
+
+		snprintf(reason, sizeof(reason), "message too large: %zu bytes (limit %d)",
+				 m->len, iotpipe_kafka_max_message_bytes);
+		iotpipe_batch_reject(batch, m->payload, m->len, &src, reason);
+	}
+	else
+		iotpipe_batch_add(batch, m->payload, m->len, &src);
+	ps->pos = ps->batch_next = m->offset + 1;
+	ps->in_batch = true;
+	return true;
+}
+
 static SessionEnd
 run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 {
 	rd_kafka_message_t **msgs = NULL;
 	int			msgs_cap = 0;
-	IotSource	src = {.source = "kafka"};
 	Health		health = {0};
 	TimestampTz batch_started = 0;
 	TimestampTz last_tick = 0;
@@ -1095,7 +1141,6 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 	int			count = 0;
 	SessionEnd	end = SESSION_STOP;
 
-	src.topic = cfg.topic;
 	publish_state(c, &health, false);
 
 	while (!should_stop())
@@ -1181,66 +1226,12 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 
 		for (i = 0; i < n; i++)
 		{
-			rd_kafka_message_t *m = msgs[i];
-			PartState  *ps;
-
-			if (m->err)
+			if (take_message(c, batch, msgs[i], &health, joined, count == 0))
 			{
-				if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET &&
-					(ps = part_state(c, m->partition)) != NULL && ps->assigned)
-				{
-					/*
-					 * The stored offset is out of the log's range (retention
-					 * deleted it, or the topic was re-created): librdkafka
-					 * went to auto.offset.reset; take what comes from there.
-					 */
-					ps->pos = -1;
-					ereport(WARNING,
-							(errmsg("%s: partition %d: %s", who, m->partition,
-									rd_kafka_message_errstr(m)),
-							 errdetail("The stored next offset was " INT64_FORMAT "; consumption goes on from where auto.offset.reset points.",
-									   ps->committed)));
-					iotpipe_set_error("kafka: partition %d: %s", m->partition, rd_kafka_message_errstr(m));
-				}
-				else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-				{
-					note_error(&health, m->err, rd_kafka_message_errstr(m));
-					publish_state(c, &health, joined);
-				}
-				rd_kafka_message_destroy(m);
-				continue;
+				if (count++ == 0)
+					batch_started = GetCurrentTimestamp();
 			}
-			ps = part_state(c, m->partition);
-			if (ps == NULL || !ps->assigned || (ps->pos >= 0 && m->offset < ps->pos))
-			{
-				/* not ours any more, or already in the batch / committed */
-				rd_kafka_message_destroy(m);
-				continue;
-			}
-			if (count == 0)
-			{
-				iotpipe_batch_reset(batch);
-				batch_started = GetCurrentTimestamp();
-			}
-			src.partition = m->partition;
-			src.offset = m->offset;
-			if (m->payload == NULL)
-				iotpipe_batch_reject(batch, "", 0, &src, "message has a null value");
-			else if (m->len > (size_t) iotpipe_kafka_max_message_bytes)
-			{
-				char		reason[128];
-
-				snprintf(reason, sizeof(reason), "message too large: %zu bytes (limit %d)",
-						 m->len, iotpipe_kafka_max_message_bytes);
-				iotpipe_batch_reject(batch, m->payload, m->len, &src, reason);
-			}
-			else
-				iotpipe_batch_add(batch, m->payload, m->len, &src);
-			ps->pos = m->offset + 1;
-			ps->batch_next = m->offset + 1;
-			ps->in_batch = true;
-			count++;
-			rd_kafka_message_destroy(m);
+			rd_kafka_message_destroy(msgs[i]);
 		}
 		if (count > 0 && health.outage)
 		{
