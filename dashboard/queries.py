@@ -563,6 +563,19 @@ def top_alerts(conn, t_from, t_to, limit: int = 10) -> pd.DataFrame:
     return query_df(conn, TOP_ALERTS, {"t_from": t_from, "t_to": t_to, "limit": limit})
 
 
+DEAD_LETTERS_TOTAL_IN_PERIOD = """
+SELECT count(*)::bigint FROM iotpipe.dead_letters WHERE received_at >= %(t_from)s AND received_at < %(t_to)s
+"""
+
+
+def dead_letters_total_in_period(conn, t_from, t_to) -> int:
+    return int(
+        query_one(conn, DEAD_LETTERS_TOTAL_IN_PERIOD, {"t_from": t_from, "t_to": t_to})[
+            0
+        ]
+    )
+
+
 def dead_letters_in_period(conn, t_from, t_to, limit: int = 10) -> pd.DataFrame:
     return query_df(
         conn, DEAD_LETTERS_IN_PERIOD, {"t_from": t_from, "t_to": t_to, "limit": limit}

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 import pandas as pd
 from reportlab.graphics.charts.lineplots import LinePlot
+from reportlab.graphics.widgets.markers import makeMarker
 from reportlab.graphics.shapes import Drawing, String
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
@@ -61,6 +62,7 @@ def gather(conn, t_from: dt.datetime, t_to: dt.datetime) -> dict:
     _try(data, "alerts", q.alerts_in_period, conn, t_from, t_to)
     _try(data, "top_alerts", q.top_alerts, conn, t_from, t_to, 10)
     _try(data, "dead_letters", q.dead_letters_in_period, conn, t_from, t_to, 10)
+    _try(data, "dead_letters_total", q.dead_letters_total_in_period, conn, t_from, t_to)
     return data
 
 
@@ -134,6 +136,12 @@ def _location_chart(loc: str, h: pd.DataFrame, t_from, t_to) -> Drawing:
     lp.lines[0].strokeWidth = 1.4
     lp.lines[1].strokeColor = colors.HexColor("#8fb8f0")
     lp.lines[2].strokeColor = colors.HexColor("#d1242f")
+    # markers: an hour with data shows even when its neighbours have none
+    for i, col in enumerate(("#1f6feb", "#8fb8f0", "#d1242f")):
+        lp.lines[i].symbol = makeMarker("FilledCircle")
+        lp.lines[i].symbol.size = 2.5 if len(xs) > 48 else 4
+        lp.lines[i].symbol.fillColor = colors.HexColor(col)
+        lp.lines[i].symbol.strokeColor = colors.HexColor(col)
     lp.xValueAxis.valueMin = 0
     lp.xValueAxis.valueMax = max(1.0, (pd.Timestamp(t_to).timestamp() - x0) / 3600.0)
     lp.xValueAxis.labels.fontSize = 7
@@ -224,8 +232,9 @@ def build_pdf(data: dict) -> bytes:
         figures.append(
             (
                 "Rejected messages (dead letters)",
-                f"{int(dl['messages'].sum()) if not dl.empty else 0:,}"
-                + (" (top 10 reasons)" if len(dl) >= 10 else ""),
+                f"{data['dead_letters_total']:,}"
+                if isinstance(data.get("dead_letters_total"), int)
+                else f"{int(dl['messages'].sum()) if not dl.empty else 0:,}",
             )
         )
     story.append(
@@ -331,7 +340,9 @@ def build_pdf(data: dict) -> bytes:
         if dl.empty:
             story.append(Paragraph("No rejected messages in this period.", body))
         else:
-            story.append(Paragraph("Rejected messages by reason:", small))
+            story.append(
+                Paragraph("Rejected messages by reason (the 10 most frequent):", small)
+            )
             story.append(
                 _table(
                     dl,
