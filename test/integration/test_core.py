@@ -402,8 +402,8 @@ def test_launcher_survives_drop_and_create_extension(db):
 
 def test_functions_refuse_without_preload(tmp_path):
     """A cluster without shared_preload_libraries: CREATE EXTENSION fails with a hint."""
-    d = "/tmp/iotpipe-nopreload"
-    port = "55439"
+    d = DIR + "-nopreload"
+    port = str(PORT + 7)
     subprocess.run(
         [
             os.path.join(ROOT, "scripts/pgcluster.sh"),
