@@ -229,6 +229,8 @@ CREATE FUNCTION iotpipe._run_etl(run iotpipe.etl_runs) RETURNS iotpipe.etl_runs
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     SET enable_mergejoin = off
+    -- JIT compiling these large statements costs seconds and gains nothing
+    SET jit = off
 AS
 $$
 DECLARE
