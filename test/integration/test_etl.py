@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 from psycopg.types.string import TextLoader
 
-from conftest import ROOT, connect
+from conftest import ROOT, connect, poll
 
 T0 = datetime(2026, 5, 4, 8, 0, tzinfo=timezone.utc)
 
@@ -227,3 +227,34 @@ def test_warehouse_doc_queries(db):
             assert rows, f"no rows from:\n{q}"
     finally:
         as_analyst.close()
+
+
+def test_launcher_schedules_etl(db):
+    """iotpipe.etl_interval > 0: the launcher runs run_etl() by itself."""
+    db.execute("SET client_min_messages = warning")
+    db.execute("SELECT iotpipe.run_etl()")
+    last = db.execute("SELECT max(run_id) FROM iotpipe.etl_runs").fetchone()[0]
+    db.execute(
+        "SELECT * FROM iotpipe.ingest_json(%s)",
+        ([message("sched-1", T0, 21.5, 40.0, "sched/a")],),
+    )
+    try:
+        db.execute("ALTER SYSTEM SET iotpipe.etl_interval = 1")
+        db.execute("SELECT pg_reload_conf()")
+        poll(
+            lambda: db.execute(
+                "SELECT count(*) FROM iotpipe_dw.fact_reading f JOIN iotpipe_dw.dim_sensor s USING (sensor_key)"
+                " WHERE s.sensor_id = 'sched-1'"
+            ).fetchone()[0]
+            == 1,
+            timeout=30,
+            what="the launcher's ETL run to load sched-1",
+        )
+    finally:
+        db.execute("ALTER SYSTEM RESET iotpipe.etl_interval")
+        db.execute("SELECT pg_reload_conf()")
+    runs = db.execute(
+        "SELECT count(*) FROM iotpipe.etl_runs WHERE run_id > %s AND status = 'ok'",
+        (last,),
+    ).fetchone()
+    assert runs[0] >= 1
