@@ -5,7 +5,8 @@
 - a rule change reaches a long-lived ingesting backend within a second;
 - offline detection by the launcher's timer: one sensor stops reporting while
   another continues, only the silent one fires; its next reading resolves;
-- a server restart with a firing alert: no duplicate fire, the resolve works.
+- a server restart with a firing alert: no duplicate fire, the resolve works;
+- two sessions firing the same alert at once: one alert, one notification.
 
 Sensors and rules here are it-al-*; every test removes its own rules first.
 """
@@ -383,3 +384,59 @@ def test_restart_with_firing_alert(clean, mode):
         ).fetchall()
         assert rows == [(alert_id, "resolved")]
         check.execute("DELETE FROM iotpipe.alert_rules WHERE rule_id = %s", (rule,))
+
+
+def test_concurrent_fire_of_one_alert_is_adopted(clean):
+    """Two sessions breach the same rule for the same sensor at the same time:
+    one alert, one firing notification; the other session adopts the alert and
+    its resolve carries the same alert_id."""
+    db = clean
+    loc = "it-al-race"
+    rule = add_rule(
+        db,
+        name="it-al-race",
+        kind="threshold",
+        metric="temperature",
+        location=loc,
+        op=">",
+        threshold=40,
+        clear_threshold=35,
+    )
+    with (
+        connect() as listener,
+        connect(autocommit=False) as a,
+        connect(autocommit=False) as b,
+    ):
+        listener.execute(f"LISTEN {CH}")
+        ingest(
+            a, msg("it-al-x", "2026-05-03T10:00:00Z", 45, None, loc)
+        )  # fires, not committed
+        done = threading.Event()
+
+        def b_ingest():
+            ingest(
+                b, msg("it-al-x", "2026-05-03T10:00:01Z", 46, None, loc)
+            )  # waits for a's insert
+            b.commit()
+            done.set()
+
+        t = threading.Thread(target=b_ingest, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        assert not done.is_set()  # b waits on the unique index of firing alerts
+        a.commit()
+        t.join(10)
+        assert done.is_set()
+        fired = wait_notifies(listener, 1)
+        assert drain(listener, 0.5) == []
+        rows = db.execute(
+            "SELECT alert_id, state FROM iotpipe.alerts WHERE rule_id = %s", (rule,)
+        ).fetchall()
+        assert len(rows) == 1 and rows[0][1] == "firing"
+        assert [(n["alert_id"], n["state"]) for n in fired] == [(rows[0][0], "firing")]
+        # b resolves the alert it adopted
+        ingest(b, msg("it-al-x", "2026-05-03T10:00:02Z", 30, None, loc))
+        b.commit()
+        got = wait_notifies(listener, 1)
+        assert [(n["alert_id"], n["state"]) for n in got] == [(rows[0][0], "resolved")]
+        a.rollback()
