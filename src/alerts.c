@@ -10,23 +10,24 @@
  *	    - the enabled rules and the silences (reloaded when the shared
  *	      counter IotShared->rules_version moved: triggers on alert_rules
  *	      and silences bump it when their transaction commits);
- *	    - per sensor: its last known location and one RuleState per rule
- *	      in scope (pending breach streak, previous value for rates,
- *	      exponentially weighted mean/variance for anomalies, and whether
- *	      an alert is firing);
+ *	    - per sensor: its last known location, the newest event time per
+ *	      metric, the features its rules compare (value, smoothed rate,
+ *	      EWMA anomaly score: each computed once per reading), and per rule
+ *	      in scope a small RuleState (pending breach streak, firing) plus
+ *	      an "active" bit, so idle rules cost one compare each;
  *	    - its copy of the firing alerts (rule_id, sensor_id) -> alert_id,
  *	      reloaded when the counter AlertShared->alerts_version moved
  *	      (bumped at commit by whoever changed iotpipe.alerts: the engine
  *	      of another backend, the launcher's offline check, a user).
  *
- *	  SQL is only touched when an alert fires or resolves, and to reload.
- *	  iotpipe.alerts is authoritative: a fire is an INSERT .. ON CONFLICT
+ *	  SQL is only touched to write fires and resolves, and to reload.
+ *	  iotpipe.alerts is authoritative: fires are an INSERT .. ON CONFLICT
  *	  DO NOTHING against the partial unique index (at most one firing
  *	  alert per rule and sensor; a concurrent fire by another backend is
- *	  adopted, not duplicated), a resolve an UPDATE .. WHERE state =
- *	  'firing' (a resolve that somebody else did already is dropped).
- *	  Each fire and resolve queues NOTIFY iotpipe_alerts in the ingest
- *	  transaction, unless a silence matches.
+ *	  adopted, not duplicated), resolves an UPDATE of rows still firing (a
+ *	  resolve somebody else did already is dropped).  Both are queued per
+ *	  batch and written in rounds, then NOTIFY iotpipe_alerts is queued for
+ *	  each, in order, in the ingest transaction, unless a silence matches.
  *
  *	  On abort of a transaction (or subtransaction) in which the engine
  *	  ran, all backend-local state is dropped and rebuilt from the tables:
@@ -34,9 +35,9 @@
  *	  rate and anomaly statistics are not persisted: after a restart they
  *	  start afresh (firing alerts are reloaded from the table).
  *
- *	  Readings older than (or as old as) the newest one a rule has seen for
- *	  a sensor are stored by the ingest core but ignored here, so late data
- *	  never flips an alert backwards.
+ *	  Readings older than (or as old as) the newest one seen for a sensor
+ *	  and metric are stored by the ingest core but ignored here, so late
+ *	  data never flips an alert backwards.  Reference: docs/alerts.md.
  *
  *-------------------------------------------------------------------------
  */
@@ -207,7 +208,6 @@ static Feature *features = NULL;
 static int	nfeatures = 0;
 static double *feat_value = NULL;	/* per batch reading scratch */
 static bool *feat_ok = NULL;
-static int	noffline = 0;
 static Silence *silences = NULL;
 static int	nsilences = 0;
 static HTAB *sensor_htab = NULL;
@@ -296,7 +296,7 @@ reset_engine(void)
 	engine_cxt = NULL;
 	rules_cxt = NULL;
 	rules = NULL;
-	nrules = noffline = 0;
+	nrules = 0;
 	features = NULL;
 	nfeatures = 0;
 	silences = NULL;
@@ -588,7 +588,7 @@ load_rules(void)
 		MemoryContextDelete(rules_cxt);
 	rules_cxt = AllocSetContextCreate(engine_cxt, "iotpipe alert rules", ALLOCSET_SMALL_SIZES);
 	rules = NULL;
-	nrules = noffline = 0;
+	nrules = 0;
 	features = NULL;
 	nfeatures = 0;
 	silences = NULL;
@@ -651,8 +651,6 @@ load_rules(void)
 		r->sig = rule_sig(r, window_size);
 		if (r->kind == RK_RATE)
 			r->sig = r->sig * 31u + (uint32) (r->rate_tau_us / 1000);
-		if (r->kind == RK_OFFLINE)
-			noffline++;
 		nrules++;
 		if (nrules >= PG_INT16_MAX)
 			break;
