@@ -116,33 +116,22 @@ emit_logs(void)
 
 /* ---------- options ---------- */
 
-/* options iotpipe sets itself: they carry the exactly-once design */
+/* options iotpipe sets itself (they carry the exactly-once design) */
 static const char *const reserved_options[] = {
 	"bootstrap.servers", "metadata.broker.list", "group.id", "enable.auto.commit",
 	"enable.auto.offset.store", "log.queue", "group.instance.id", NULL
 };
 
+/* options whose values may be secrets: never echoed, not even in errors */
+static const char *const secret_words[] = {
+	"password", "secret", "key", "token", "jaas", "credential", "sasl.", NULL
+};
+
 static bool
-option_is_reserved(const char *key)
+in_list(const char *key, const char *const *list, bool substring)
 {
-	int			i;
-
-	for (i = 0; reserved_options[i]; i++)
-		if (strcmp(key, reserved_options[i]) == 0)
-			return true;
-	return false;
-}
-
-/* values of these may be secrets: never echo them, not even in errors */
-static bool
-option_is_secret(const char *key)
-{
-	static const char *const words[] = {"password", "secret", "key", "token", "jaas",
-	"credential", "sasl.", NULL};
-	int			i;
-
-	for (i = 0; words[i]; i++)
-		if (strstr(key, words[i]) != NULL)
+	for (; *list; list++)
+		if (substring ? strstr(key, *list) != NULL : strcmp(key, *list) == 0)
 			return true;
 	return false;
 }
@@ -160,14 +149,14 @@ apply_options(rd_kafka_conf_t *conf, int n, char **keys, char **vals)
 	{
 		char		errstr[512];
 
-		if (option_is_reserved(keys[i]))
+		if (in_list(keys[i], reserved_options, false))
 			return psprintf("kafka option \"%s\" is managed by iotpipe", keys[i]);
 		if (strcmp(keys[i], "partition.assignment.strategy") == 0 &&
 			strstr(vals[i], "cooperative") != NULL)
 			return psprintf("kafka option \"%s\" must not use the cooperative protocol", keys[i]);
 		if (rd_kafka_conf_set(conf, keys[i], vals[i], errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		{
-			if (option_is_secret(keys[i]))
+			if (in_list(keys[i], secret_words, true))
 				return psprintf("invalid value for kafka option \"%s\"", keys[i]);
 			return psprintf("invalid kafka option \"%s\": %s", keys[i], errstr);
 		}
@@ -178,9 +167,7 @@ apply_options(rd_kafka_conf_t *conf, int n, char **keys, char **vals)
 static bool
 conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, char *err, size_t errlen)
 {
-	if (rd_kafka_conf_set(conf, key, val, err, errlen) != RD_KAFKA_CONF_OK)
-		return false;
-	return true;
+	return rd_kafka_conf_set(conf, key, val, err, errlen) == RD_KAFKA_CONF_OK;
 }
 
 /*
@@ -207,18 +194,14 @@ iotpipe_kafka_check_options(PG_FUNCTION_ARGS)
 
 	deconstruct_array(ka, TEXTOID, -1, false, TYPALIGN_INT, &kd, &kn, &nk);
 	deconstruct_array(va, TEXTOID, -1, false, TYPALIGN_INT, &vd, &vn, &nv);
-	if (nk != nv)
+	if (nk != nv || array_contains_nulls(ka) || array_contains_nulls(va))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("kafka option keys and values differ in number")));
+				 errmsg("kafka option keys and values must match and not be null")));
 	keys = palloc(sizeof(char *) * Max(nk, 1));
 	vals = palloc(sizeof(char *) * Max(nk, 1));
 	for (i = 0; i < nk; i++)
 	{
-		if (kn[i] || vn[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("kafka options must not be null")));
 		keys[i] = TextDatumGetCString(kd[i]);
 		vals[i] = TextDatumGetCString(vd[i]);
 	}
@@ -294,19 +277,25 @@ static SPIPlanPtr watermarks_plan = NULL;
 static bool made_progress = false;
 
 static void
-kafka_wait(long ms)
+handle_interrupts(void)
 {
-	int			rc;
-
-	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
-	if (rc & WL_LATCH_SET)
-		ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
 	if (ConfigReloadPending)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 	}
+	if (!PostmasterIsAlive())
+		proc_exit(1);
+}
+
+static void
+kafka_wait(long ms)
+{
+	if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms,
+				  PG_WAIT_EXTENSION) & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	handle_interrupts();
 }
 
 static bool
@@ -925,6 +914,12 @@ commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *fenced)
 }
 
 static void
+write_sensors_tx(void *arg)
+{
+	iotpipe_ingest_write_sensors(*(bool *) arg);
+}
+
+static void
 write_watermarks_tx(void *arg)
 {
 	write_watermarks((Consumer *) arg);
@@ -980,24 +975,16 @@ publish_state(Consumer *c, Health *h, bool joined)
 		snprintf(detail + len, sizeof(detail) - len, "; lag " INT64_FORMAT, lag);
 
 	if (h->outage && h->topic_missing)
-	{
 		snprintf(detail, sizeof(detail), "topic %s does not exist (yet); waiting", cfg.topic);
-		iotpipe_set_state(IOT_STATE_WAITING, detail);
-	}
 	else if (h->outage)
-		iotpipe_set_state(IOT_STATE_BACKOFF, "kafka unreachable or failing; librdkafka reconnects");
+		strlcpy(detail, "kafka unreachable or failing; librdkafka reconnects", sizeof(detail));
 	else if (!joined)
-	{
 		snprintf(detail, sizeof(detail), "joining group %s for topic %s", cfg.group_id, cfg.topic);
-		iotpipe_set_state(IOT_STATE_WAITING, detail);
-	}
 	else if (nassigned == 0)
-	{
 		snprintf(detail, sizeof(detail), "topic %s: no partitions assigned", cfg.topic);
-		iotpipe_set_state(IOT_STATE_IDLE, detail);
-	}
-	else
-		iotpipe_set_state(IOT_STATE_RUNNING, detail);
+	iotpipe_set_state(h->outage ? (h->topic_missing ? IOT_STATE_WAITING : IOT_STATE_BACKOFF) :
+					  !joined ? IOT_STATE_WAITING : nassigned == 0 ? IOT_STATE_IDLE : IOT_STATE_RUNNING,
+					  detail);
 }
 
 static void
@@ -1136,6 +1123,7 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 	Health		health = {0};
 	TimestampTz batch_started = 0;
 	TimestampTz last_tick = 0;
+	TimestampTz last_sensors = 0;
 	bool		joined = false;
 	bool		wm_due = false;
 	int			count = 0;
@@ -1151,14 +1139,7 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 					i;
 		int			want;
 
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-		if (!PostmasterIsAlive())
-			proc_exit(1);
+		handle_interrupts();
 		serve_logs(c);
 
 		if (msgs_cap < iotpipe_batch_size)
@@ -1232,6 +1213,15 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 					batch_started = GetCurrentTimestamp();
 			}
 			rd_kafka_message_destroy(msgs[i]);
+		}
+		/* nothing to ingest: write the sensors the ingest core held back */
+		if (n == 0 && count == 0 && iotpipe_sensors_pending() &&
+			GetCurrentTimestamp() - last_sensors >= (int64) iotpipe_sensor_refresh_ms * 250)
+		{
+			bool		all = false;
+
+			last_sensors = GetCurrentTimestamp();
+			(void) in_xact(write_sensors_tx, &all, "writing sensors");
 		}
 		if (count > 0 && health.outage)
 		{
@@ -1363,6 +1353,13 @@ iotpipe_kafka_main(Datum arg)
 		backoff_ms = Min(backoff_ms * 2, 30000);
 	}
 
+	if (iotpipe_sensors_pending())
+	{
+		/* leave iotpipe.sensors complete: write what was held back */
+		bool		all = true;
+
+		(void) in_xact(write_sensors_tx, &all, "writing sensors");
+	}
 	ereport(LOG, (errmsg("%s stopping", who)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
 	proc_exit(0);
