@@ -6,7 +6,8 @@
 - offline detection by the launcher's timer: one sensor stops reporting while
   another continues, only the silent one fires; its next reading resolves;
 - a server restart with a firing alert: no duplicate fire, the resolve works;
-- two sessions firing the same alert at once: one alert, one notification.
+- two sessions firing the same alert at once: one alert, one notification;
+- a silence holds a fire back and the launcher notifies it when the silence ends.
 
 Sensors and rules here are it-al-*; every test removes its own rules first.
 """
@@ -440,3 +441,44 @@ def test_concurrent_fire_of_one_alert_is_adopted(clean):
         got = wait_notifies(listener, 1)
         assert [(n["alert_id"], n["state"]) for n in got] == [(rows[0][0], "resolved")]
         a.rollback()
+
+
+def test_silence_holds_back_until_it_ends(clean):
+    """A fire during a silence is recorded, not notified; when the silence ends
+    with the alert still firing, the launcher notifies it (once)."""
+    db = clean
+    loc = "it-al-silence"
+    rule = add_rule(
+        db,
+        name="it-al-silence",
+        kind="threshold",
+        metric="temperature",
+        location=loc,
+        op=">",
+        threshold=40,
+    )
+    db.execute(
+        "INSERT INTO iotpipe.silences (location, ends_at, reason) "
+        "VALUES (%s, clock_timestamp() + interval '1.5 seconds', 'maintenance')",
+        (loc,),
+    )
+    with connect() as listener, connect() as producer:
+        listener.execute(f"LISTEN {CH}")
+        ingest(producer, msg("it-al-s", "2026-05-04T10:00:00Z", 45, None, loc))
+        assert db.execute(
+            "SELECT state, silenced FROM iotpipe.alerts WHERE rule_id = %s", (rule,)
+        ).fetchall() == [("firing", True)]
+        assert drain(listener, 0.5) == []
+        t0 = time.monotonic()
+        got = wait_notifies(listener, 1, timeout=5)
+        assert time.monotonic() - t0 < 3
+        assert [
+            (n["rule_id"], n["sensor_id"], n["state"], n["value"]) for n in got
+        ] == [(rule, "it-al-s", "firing", 45)]
+        assert drain(listener, 1.0) == []  # once
+        assert (
+            db.execute(
+                "SELECT silenced FROM iotpipe.alerts WHERE rule_id = %s", (rule,)
+            ).fetchone()[0]
+            is False
+        )
