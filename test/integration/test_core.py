@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, connect, poll, server_log
+from conftest import DIR, PORT, ROOT, connect, poll, server_log
 
 
 def status(db, worker="simulator"):
