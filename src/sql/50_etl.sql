@@ -211,15 +211,15 @@ CREATE VIEW iotpipe.etl_progress AS
 COMMENT ON VIEW iotpipe.etl_progress IS 'ETL runs in progress and the step they are in';
 
 -- Outlier test, leave-one-out: x against the mean and standard deviation
--- of the other readings in its window (n, avg, var_samp include x itself).
--- Needs 5 other readings; the deviation must exceed 4 standard deviations,
--- and at least 0.4 (a floor of 0.1 on the standard deviation: flat lines).
-CREATE FUNCTION iotpipe._etl_outlier(x float8, n bigint, mean float8, var float8) RETURNS bool
+-- of the other readings in its window, from n, sum and sum of squares of
+-- the window's readings (x included).  Needs 5 other readings; the deviation
+-- must exceed 4 standard deviations, and at least 0.4 (a floor of 0.1 on
+-- the standard deviation: flat lines).
+CREATE FUNCTION iotpipe._etl_outlier(x float8, n bigint, s float8, q float8) RETURNS bool
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN x IS NULL OR n < 6 THEN false
-                ELSE abs(x - (n * mean - x) / (n - 1))
-                     > 4 * greatest(sqrt(greatest(((n - 1) * coalesce(var, 0) + n * mean * mean - x * x
-                                                   - (n * mean - x) ^ 2 / (n - 1)) / (n - 2), 0)), 0.1)
+                ELSE abs(x - (s - x) / (n - 1))
+                     > 4 * greatest(sqrt(greatest((q - x * x - (s - x) ^ 2 / (n - 1)) / (n - 2), 0)), 0.1)
            END;
 
 ------------------------------------------------------------------------------
@@ -440,10 +440,17 @@ BEGIN
             ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to
         %2$s
     ),
-    -- one row per (sensor, ts): the first ingested wins; copies add up
+    -- one row per (sensor, ts): the first ingested wins; copies add up.
+    -- Then, over the same sort (sensor, hour, ts), the four readings before
+    -- each one for the stuck flag: one sort for every window.
     dedup AS (
         SELECT x.sensor_key, x.location_key, x.ts, x.hour_start, x.temperature, x.humidity,
-               x.ingest_xid, x.copies
+               x.ingest_xid, x.copies,
+               lag(x.ts, 4) OVER sw AS ts4,
+               lag(x.temperature, 1) OVER sw AS t1, lag(x.temperature, 2) OVER sw AS t2,
+               lag(x.temperature, 3) OVER sw AS t3, lag(x.temperature, 4) OVER sw AS t4,
+               lag(x.humidity, 1) OVER sw AS h1, lag(x.humidity, 2) OVER sw AS h2,
+               lag(x.humidity, 3) OVER sw AS h3, lag(x.humidity, 4) OVER sw AS h4
           FROM (SELECT k.sensor_key, k.location_key, k.ts, date_trunc('hour', k.ts, 'UTC') AS hour_start,
                        k.temperature, k.humidity, k.ingest_xid,
                        row_number() OVER w AS rn, (sum(k.copies) OVER w)::int AS copies
@@ -452,66 +459,86 @@ BEGIN
                              ORDER BY k.ingest_xid, k.ord
                              ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
          WHERE x.rn = 1
+        WINDOW sw AS (PARTITION BY x.sensor_key ORDER BY x.hour_start, x.ts)
     ),
-    -- statistics of the sensor's readings in the hour and its two
-    -- neighbours, and the four readings before
-    stats AS (
-        SELECT dd.*,
-               count(dd.temperature) OVER hw AS t_n, avg(dd.temperature) OVER hw AS t_avg,
-               var_samp(dd.temperature) OVER hw AS t_var,
-               count(dd.humidity) OVER hw AS h_n, avg(dd.humidity) OVER hw AS h_avg,
-               var_samp(dd.humidity) OVER hw AS h_var,
-               lag(dd.ts, 4) OVER sw AS ts4,
-               lag(dd.temperature, 1) OVER sw AS t1, lag(dd.temperature, 2) OVER sw AS t2,
-               lag(dd.temperature, 3) OVER sw AS t3, lag(dd.temperature, 4) OVER sw AS t4,
-               lag(dd.humidity, 1) OVER sw AS h1, lag(dd.humidity, 2) OVER sw AS h2,
-               lag(dd.humidity, 3) OVER sw AS h3, lag(dd.humidity, 4) OVER sw AS h4
+    -- per sensor-hour: the hourly measures, and n, sum and sum of squares
+    -- for the outlier statistics (one hash aggregate)
+    hs AS (
+        SELECT dd.sensor_key, dd.hour_start, min(dd.location_key) AS location_key,
+               count(*)::int AS readings,
+               count(dd.temperature)::int AS t_n, sum(dd.temperature) AS t_s,
+               sum(dd.temperature * dd.temperature) AS t_q,
+               avg(dd.temperature) AS t_avg, min(dd.temperature) AS t_min,
+               max(dd.temperature) AS t_max, stddev_samp(dd.temperature) AS t_sd,
+               count(dd.humidity)::int AS h_n, sum(dd.humidity) AS h_s,
+               sum(dd.humidity * dd.humidity) AS h_q,
+               avg(dd.humidity) AS h_avg, min(dd.humidity) AS h_min,
+               max(dd.humidity) AS h_max, stddev_samp(dd.humidity) AS h_sd
           FROM dedup dd
-        WINDOW hw AS (PARTITION BY dd.sensor_key ORDER BY dd.hour_start
-                      RANGE BETWEEN '1 hour' PRECEDING AND '1 hour' FOLLOWING),
-               sw AS (PARTITION BY dd.sensor_key ORDER BY dd.hour_start, dd.ts)
+         GROUP BY dd.sensor_key, dd.hour_start
+    ),
+    -- the same sums over the hour and its two neighbours (three rows at most)
+    h3 AS (
+        SELECT hs.*,
+               iotpipe._etl_date_key((hs.hour_start AT TIME ZONE 'UTC')::date) AS date_key,
+               date_part('hour', hs.hour_start AT TIME ZONE 'UTC')::smallint AS hour,
+               sum(hs.t_n) OVER hw AS t_n3, sum(hs.t_s) OVER hw AS t_s3, sum(hs.t_q) OVER hw AS t_q3,
+               sum(hs.h_n) OVER hw AS h_n3, sum(hs.h_s) OVER hw AS h_s3, sum(hs.h_q) OVER hw AS h_q3
+          FROM hs
+        WINDOW hw AS (PARTITION BY hs.sensor_key ORDER BY hs.hour_start
+                      RANGE BETWEEN '1 hour' PRECEDING AND '1 hour' FOLLOWING)
     ),
     keyed AS (
         SELECT s.sensor_key, s.location_key, s.ts, s.hour_start, s.temperature, s.humidity,
                s.copies, s.ingest_xid, s.copies > 1 AS is_duplicate,
-               iotpipe._etl_outlier(s.temperature, s.t_n, s.t_avg, s.t_var)
-                 OR iotpipe._etl_outlier(s.humidity, s.h_n, s.h_avg, s.h_var) AS is_outlier,
+               iotpipe._etl_outlier(s.temperature, hh.t_n3, hh.t_s3, hh.t_q3)
+                 OR iotpipe._etl_outlier(s.humidity, hh.h_n3, hh.h_s3, hh.h_q3) AS is_outlier,
                (s.ts4 >= s.ts - interval '1 hour'
                 AND s.temperature IS NOT DISTINCT FROM s.t1 AND s.temperature IS NOT DISTINCT FROM s.t2
                 AND s.temperature IS NOT DISTINCT FROM s.t3 AND s.temperature IS NOT DISTINCT FROM s.t4
                 AND s.humidity IS NOT DISTINCT FROM s.h1 AND s.humidity IS NOT DISTINCT FROM s.h2
                 AND s.humidity IS NOT DISTINCT FROM s.h3 AND s.humidity IS NOT DISTINCT FROM s.h4)
                  IS TRUE AS is_stuck,
-               iotpipe._etl_date_key((s.ts AT TIME ZONE 'UTC')::date) AS date_key
-          FROM stats s
+               hh.date_key,
+               (hh.hour * 60 + date_part('minute', s.ts AT TIME ZONE 'UTC'))::smallint AS time_key
+          FROM dedup s
+          JOIN (SELECT h3.sensor_key, h3.hour_start, h3.date_key, h3.hour,
+                       h3.t_n3, h3.t_s3, h3.t_q3, h3.h_n3, h3.h_s3, h3.h_q3 FROM h3) hh
+            ON hh.sensor_key = s.sensor_key AND hh.hour_start = s.hour_start
         %3$s
     ),
     facts AS (
         INSERT INTO iotpipe_dw.fact_reading AS f
                (sensor_key, ts, date_key, time_key, location_key, temperature, humidity,
                 copies, is_duplicate, is_outlier, is_stuck, ingest_xid)
-        SELECT k.sensor_key, k.ts, k.date_key,
-               (date_part('hour', k.ts AT TIME ZONE 'UTC') * 60 + date_part('minute', k.ts AT TIME ZONE 'UTC'))::smallint,
+        SELECT k.sensor_key, k.ts, k.date_key, k.time_key,
                k.location_key, k.temperature, k.humidity, k.copies,
                k.is_duplicate, k.is_outlier, k.is_stuck, k.ingest_xid
           FROM keyed k
         %4$s
-        RETURNING 1
+        RETURNING f.sensor_key, f.ts, f.is_outlier, f.is_stuck, f.is_duplicate
+    ),
+    -- flag counts per sensor-hour, from the few flagged readings
+    flagged AS (
+        SELECT f.sensor_key, date_trunc('hour', f.ts, 'UTC') AS hour_start,
+               count(*) FILTER (WHERE f.is_outlier OR f.is_stuck) AS anomalies,
+               count(*) FILTER (WHERE f.is_outlier) AS outliers,
+               count(*) FILTER (WHERE f.is_stuck) AS stuck,
+               count(*) FILTER (WHERE f.is_duplicate) AS duplicates
+          FROM %6$s f
+         WHERE f.is_outlier OR f.is_stuck OR f.is_duplicate
+         GROUP BY 1, 2
     ),
     hourly AS (
         INSERT INTO iotpipe_dw.fact_sensor_hourly AS h
-        SELECT k.sensor_key, k.hour_start, min(k.date_key),
-               date_part('hour', k.hour_start AT TIME ZONE 'UTC'), min(k.location_key),
-               count(*), count(k.temperature), avg(k.temperature), min(k.temperature),
-               max(k.temperature), stddev_samp(k.temperature),
-               count(k.humidity), avg(k.humidity), min(k.humidity), max(k.humidity),
-               stddev_samp(k.humidity),
-               count(*) FILTER (WHERE k.is_outlier OR k.is_stuck),
-               count(*) FILTER (WHERE k.is_outlier), count(*) FILTER (WHERE k.is_stuck),
-               count(*) FILTER (WHERE k.is_duplicate)
-          FROM keyed k
-         GROUP BY k.sensor_key, k.hour_start
-         ORDER BY k.sensor_key, k.hour_start      -- appends to the primary key's btree
+        SELECT s.sensor_key, s.hour_start, s.date_key, s.hour, s.location_key,
+               s.readings, s.t_n, s.t_avg, s.t_min, s.t_max, s.t_sd,
+               s.h_n, s.h_avg, s.h_min, s.h_max, s.h_sd,
+               coalesce(fl.anomalies, 0), coalesce(fl.outliers, 0), coalesce(fl.stuck, 0),
+               coalesce(fl.duplicates, 0)
+          FROM h3 s
+          LEFT JOIN flagged fl ON fl.sensor_key = s.sensor_key AND fl.hour_start = s.hour_start
+        %3$s
         %5$s
         RETURNING h.sensor_key, h.date_key
     ),
@@ -537,7 +564,9 @@ BEGIN
          WHERE (s.sensor_key, s.hour_start) IN
                (SELECT h.sensor_key, h.hour_start + o * interval '1 hour'
                   FROM iotpipe.etl_stage_hours h, generate_series(-1, 1) o)$w$ END,
-        upsert_f, upsert_h)
+        upsert_f, upsert_h,
+        -- a full load returns every fact; an upsert only the changed ones
+        CASE WHEN full_load THEN 'facts' ELSE 'keyed' END)
        INTO run.rows_written, run.hours_refreshed, run.days_refreshed
       USING lo, snap, prev_snap, run.until;
 
