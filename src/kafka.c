@@ -526,7 +526,11 @@ rk_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
  * badly; options override them.  Short sessions and reconnect backoff: a
  * crashed worker's partitions move on within seconds, a broker that is back
  * is found quickly; fast metadata refresh: new topics and partitions within
- * seconds; earliest: a new source reads the topic from the start.
+ * seconds; earliest: a new source reads the topic from the start.  A deep
+ * prefetch queue: librdkafka 2.0 stops fetching when the queue is over
+ * queued.min.messages and its broker thread may then sleep for up to a
+ * second, so the queue must hold more than a second of consumption or the
+ * worker starves while draining a backlog (100k: half the throughput).
  */
 static const char *const consumer_defaults[][2] = {
 	{"topic.metadata.refresh.interval.ms", "5000"},
@@ -535,6 +539,7 @@ static const char *const consumer_defaults[][2] = {
 	{"session.timeout.ms", "10000"},
 	{"heartbeat.interval.ms", "2000"},
 	{"reconnect.backoff.max.ms", "2000"},
+	{"queued.min.messages", "300000"},
 	{NULL, NULL}
 };
 
