@@ -20,6 +20,7 @@ import io
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -27,6 +28,27 @@ import time
 import psycopg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT_ARRAY_OID = 1009
+
+
+class PrebuiltTextArray:
+    """A text[] parameter encoded once, before timing (as the COPY data is)."""
+
+    def __init__(self, items):
+        parts = [struct.pack("!iiiii", 1, 0, 25, len(items), 1)]
+        for m in items:
+            b = m.encode()
+            parts.append(struct.pack("!i", len(b)))
+            parts.append(b)
+        self.data = b"".join(parts)
+
+
+class PrebuiltTextArrayDumper(psycopg.adapt.Dumper):
+    format = psycopg.pq.Format.BINARY
+    oid = TEXT_ARRAY_OID
+
+    def dump(self, obj):
+        return obj.data
 
 
 def main():
@@ -82,7 +104,13 @@ def run(a):
                 f"{d['sensor_id']}\t{d['ts']}\t{d['temperature']}\t{d['humidity']}\t{d['location']}\n"
             )
         copy_data = buf.getvalue().encode()
-        chunks = [msgs[i : i + a.chunk] for i in range(0, len(msgs), a.chunk)]
+        # both sides get their data encoded before the clock starts: the COPY
+        # text above, and the binary text[] parameters here
+        c.adapters.register_dumper(PrebuiltTextArray, PrebuiltTextArrayDumper)
+        chunks = [
+            PrebuiltTextArray(msgs[i : i + a.chunk])
+            for i in range(0, len(msgs), a.chunk)
+        ]
 
         def run_ingest():
             c.execute(
