@@ -210,6 +210,13 @@ CREATE VIEW iotpipe.etl_progress AS
      WHERE application_name LIKE 'iotpipe etl run %';
 COMMENT ON VIEW iotpipe.etl_progress IS 'ETL runs in progress and the step they are in';
 
+-- avg() and stddev_samp()'s state for float8, returned as such: {n, sum,
+-- sum of squared deviations from the mean}; one transition per reading
+-- gives the count, mean and standard deviation (computed exactly as avg()
+-- and stddev_samp() compute them) and the sums the outlier test needs
+CREATE AGGREGATE iotpipe._etl_acc(float8) (
+    SFUNC = float8_accum, STYPE = float8[], INITCOND = '{0,0,0}', PARALLEL = SAFE);
+
 -- Outlier test, leave-one-out: x against the mean and standard deviation
 -- of the other readings in its window, from n, sum and sum of squares of
 -- the window's readings (x included).  Needs 5 other readings; the deviation
@@ -352,10 +359,12 @@ BEGIN
              || '        FROM (' || cand || ') c'
              || '        JOIN etl_seq_sensors q ON q.sensor_id = c.sensor_id'
              || '        JOIN iotpipe_dw.dim_location l ON l.location = c.location'
-             || '       WHERE c.ts > q.hwm'
+             || '       WHERE c.ts > q.hwm AND c.sensor_id = ANY ($5)'
              || '       ORDER BY c.sensor_id, c.ts, c.ingest_xid, c.ord) seq) x'
              || ' WHERE x.location_key IS DISTINCT FROM coalesce(x.prev, x.cur_loc)'
-          USING lo, snap, prev_snap, run.until;
+          -- the sensors' ids as a list: a few sensors are read through the
+          -- (sensor_id, ts) index instead of a scan of every candidate
+          USING lo, snap, prev_snap, run.until, (SELECT array_agg(q.sensor_id) FROM etl_seq_sensors q);
     END IF;
     -- new sensors with one location (or none): one version
     INSERT INTO etl_changes
@@ -449,7 +458,7 @@ BEGIN
         %2$s
     ),
     -- one row per (sensor, ts): the first ingested wins; copies add up.
-    -- Then, over the same sort (sensor, hour, ts), the four readings before
+    -- Then, over the same sort (sensor, ts), the four readings before
     -- each one for the stuck flag: one sort for every window.
     dedup AS (
         SELECT x.sensor_key, x.location_key, x.ts, x.hour_start, x.temperature, x.humidity,
@@ -463,25 +472,31 @@ BEGIN
                        k.temperature, k.humidity, k.ingest_xid,
                        row_number() OVER w AS rn, (sum(k.copies) OVER w)::int AS copies
                   FROM keyed_cand k
-                WINDOW w AS (PARTITION BY k.sensor_key, date_trunc('hour', k.ts), k.ts
+                WINDOW w AS (PARTITION BY k.sensor_key, k.ts
                              ORDER BY k.ingest_xid, k.ord
                              ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
          WHERE x.rn = 1
-        WINDOW sw AS (PARTITION BY x.sensor_key ORDER BY x.hour_start, x.ts)
+        WINDOW sw AS (PARTITION BY x.sensor_key ORDER BY x.ts)
     ),
     -- per sensor-hour: the hourly measures, and n, sum and sum of squares
-    -- for the outlier statistics (one hash aggregate)
+    -- for the outlier statistics, from one float8 accumulator per measure
+    -- (the state avg() and stddev_samp() keep: n, sum, sum of squared
+    -- deviations), sorted by sensor and hour
     hs AS (
         SELECT dd.sensor_key, dd.hour_start, min(dd.location_key) AS location_key,
                count(*)::int AS readings,
-               count(dd.temperature)::int AS t_n, sum(dd.temperature) AS t_s,
-               sum(dd.temperature * dd.temperature) AS t_q,
-               avg(dd.temperature) AS t_avg, min(dd.temperature) AS t_min,
-               max(dd.temperature) AS t_max, stddev_samp(dd.temperature) AS t_sd,
-               count(dd.humidity)::int AS h_n, sum(dd.humidity) AS h_s,
-               sum(dd.humidity * dd.humidity) AS h_q,
-               avg(dd.humidity) AS h_avg, min(dd.humidity) AS h_min,
-               max(dd.humidity) AS h_max, stddev_samp(dd.humidity) AS h_sd
+               (iotpipe._etl_acc(dd.temperature))[1]::int AS t_n, (iotpipe._etl_acc(dd.temperature))[2] AS t_s,
+               (iotpipe._etl_acc(dd.temperature))[3] + CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 0
+                    THEN (iotpipe._etl_acc(dd.temperature))[2] * (iotpipe._etl_acc(dd.temperature))[2] / (iotpipe._etl_acc(dd.temperature))[1] ELSE 0 END AS t_q,
+               CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 0 THEN (iotpipe._etl_acc(dd.temperature))[2] / (iotpipe._etl_acc(dd.temperature))[1] END AS t_avg,
+               min(dd.temperature) AS t_min, max(dd.temperature) AS t_max,
+               CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 1 THEN sqrt((iotpipe._etl_acc(dd.temperature))[3] / ((iotpipe._etl_acc(dd.temperature))[1] - 1)) END AS t_sd,
+               (iotpipe._etl_acc(dd.humidity))[1]::int AS h_n, (iotpipe._etl_acc(dd.humidity))[2] AS h_s,
+               (iotpipe._etl_acc(dd.humidity))[3] + CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 0
+                    THEN (iotpipe._etl_acc(dd.humidity))[2] * (iotpipe._etl_acc(dd.humidity))[2] / (iotpipe._etl_acc(dd.humidity))[1] ELSE 0 END AS h_q,
+               CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 0 THEN (iotpipe._etl_acc(dd.humidity))[2] / (iotpipe._etl_acc(dd.humidity))[1] END AS h_avg,
+               min(dd.humidity) AS h_min, max(dd.humidity) AS h_max,
+               CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 1 THEN sqrt((iotpipe._etl_acc(dd.humidity))[3] / ((iotpipe._etl_acc(dd.humidity))[1] - 1)) END AS h_sd
           FROM dedup dd
          GROUP BY dd.sensor_key, dd.hour_start
     ),
