@@ -169,8 +169,6 @@ CREATE INDEX etl_pending_ts_idx ON iotpipe.etl_pending (ts);
 COMMENT ON TABLE iotpipe.etl_pending IS 'raw readings already seen by the ETL but held back by run_etl(until)';
 
 -- Per-run scratch space (the advisory lock makes the ETL single-threaded).
-CREATE UNLOGGED TABLE iotpipe.etl_stage_summary (
-    sensor_id text NOT NULL, location text, n bigint, min_ts timestamptz, max_ts timestamptz);
 CREATE UNLOGGED TABLE iotpipe.etl_stage_hours (
     sensor_key int NOT NULL, hour_start timestamptz NOT NULL, PRIMARY KEY (sensor_key, hour_start));
 CREATE UNLOGGED TABLE iotpipe.etl_stage_days (
@@ -279,17 +277,21 @@ BEGIN
                  || ' p.ingest_xid, p.ord FROM iotpipe.etl_pending p'
                  || ' WHERE $4::timestamptz IS NULL OR p.ts < $4';
 
-    TRUNCATE iotpipe.etl_stage_summary, iotpipe.etl_stage_hours, iotpipe.etl_stage_days;
+    TRUNCATE iotpipe.etl_stage_hours, iotpipe.etl_stage_days;
 
     PERFORM iotpipe._etl_progress(run.run_id, 'summarising new readings', t0);
-    EXECUTE 'INSERT INTO iotpipe.etl_stage_summary'
-         || ' SELECT c.sensor_id, c.location, count(*), min(c.ts), max(c.ts)'
+    -- CREATE TABLE AS, unlike INSERT, may scan with parallel workers
+    IF to_regclass('pg_temp.etl_summary') IS NOT NULL THEN
+        DROP TABLE etl_summary;                 -- a second run in one transaction
+    END IF;
+    EXECUTE 'CREATE TEMP TABLE etl_summary ON COMMIT DROP AS'
+         || ' SELECT c.sensor_id, c.location, count(*) AS n, min(c.ts) AS min_ts, max(c.ts) AS max_ts'
          || ' FROM (' || cand || ') c GROUP BY c.sensor_id, c.location'
       USING lo, snap, prev_snap, run.until;
     SELECT coalesce(sum(s.n), 0), min(s.min_ts), max(s.max_ts)
       INTO run.rows_read, run.window_start, run.window_end
-      FROM iotpipe.etl_stage_summary s;
-    ANALYZE iotpipe.etl_stage_summary;
+      FROM etl_summary s;
+    ANALYZE etl_summary;
 
     IF run.until IS NOT NULL THEN
         EXECUTE 'INSERT INTO iotpipe.etl_pending'
@@ -312,7 +314,7 @@ BEGIN
     INSERT INTO iotpipe_dw.dim_location (location, site, area)
     SELECT DISTINCT s.location, split_part(s.location, '/', 1),
            nullif(substr(s.location, length(split_part(s.location, '/', 1)) + 2), '')
-      FROM iotpipe.etl_stage_summary s
+      FROM etl_summary s
      WHERE s.location IS NOT NULL
        AND NOT EXISTS (SELECT FROM iotpipe_dw.dim_location l WHERE l.location = s.location)
     ON CONFLICT (location) DO NOTHING;
@@ -337,7 +339,7 @@ BEGIN
                                WHERE f.sensor_key = cur.sensor_key)), '-infinity') AS hwm,
            count(DISTINCT s.location) AS nloc,
            min(l.location_key) AS one_loc
-      FROM iotpipe.etl_stage_summary s
+      FROM etl_summary s
       LEFT JOIN iotpipe_dw.dim_sensor cur ON cur.sensor_id = s.sensor_id AND cur.is_current
       LEFT JOIN iotpipe_dw.dim_location l ON l.location = s.location
      GROUP BY s.sensor_id, cur.sensor_key, cur.version, cur.location_key, cur.valid_from;
@@ -346,7 +348,7 @@ BEGIN
     SELECT se.* FROM etl_sensors se
      WHERE (se.sensor_key IS NULL AND se.nloc > 1)
         OR (se.sensor_key IS NOT NULL AND EXISTS (
-                SELECT FROM iotpipe.etl_stage_summary s
+                SELECT FROM etl_summary s
                   JOIN iotpipe_dw.dim_location l ON l.location = s.location
                  WHERE s.sensor_id = se.sensor_id AND l.location_key <> se.cur_loc
                    AND s.max_ts > se.hwm));
