@@ -1161,7 +1161,13 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 
 			timeout_ms = Max(0, Min(timeout_ms, left));
 		}
-		want = Max(1, iotpipe_batch_size - count);
+		/*
+		 * The batch call waits until it has all it was asked for or the
+		 * timeout: with no batch open ask for one message, so that a batch
+		 * starts as soon as anything arrives and is flushed at most
+		 * iotpipe.flush_interval later (alert latency), not a poll timeout.
+		 */
+		want = (count == 0) ? 1 : Max(1, iotpipe_batch_size - count);
 		n = rd_kafka_consume_batch_queue(c->q, (int) timeout_ms, msgs, Min(want, msgs_cap));
 		if (n < 0)
 		{
