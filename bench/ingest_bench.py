@@ -21,11 +21,11 @@ import json
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import time
 
 import psycopg
+from benchlib import private_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_ARRAY_OID = 1009
@@ -63,24 +63,11 @@ def main():
     ap.add_argument("--sim-seconds", type=float, default=10.0)
     a = ap.parse_args()
 
-    subprocess.run(
-        [
-            os.path.join(ROOT, "scripts/pgcluster.sh"),
-            "start",
-            a.dir,
-            str(a.port),
-            "bench",
-        ],
-        check=True,
-    )
-    try:
-        run(a)
-    finally:
-        subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "stop", a.dir])
+    with private_cluster(a.dir, a.port) as dsn:
+        return run(a, dsn)
 
 
-def run(a):
-    dsn = f"host={a.dir} port={a.port} dbname=bench user=postgres"
+def run(a, dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
         c.execute("SELECT iotpipe.create_partitions('2026-01-01', '2026-01-03')")

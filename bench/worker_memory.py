@@ -19,11 +19,11 @@ Usage: bench/worker_memory.py [--rate 20000] [--minutes 10] [--every 5]
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import psycopg
+from benchlib import private_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,12 +50,8 @@ def main():
     ap.add_argument("--port", type=int, default=55540)
     a = ap.parse_args()
 
-    pgc = os.path.join(ROOT, "scripts/pgcluster.sh")
-    subprocess.run([pgc, "start", a.dir, str(a.port), "bench"], check=True)
-    try:
-        with psycopg.connect(
-            f"host={a.dir} port={a.port} dbname=bench user=postgres", autocommit=True
-        ) as c:
+    with private_cluster(a.dir, a.port) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION iotpipe")
             c.execute(
                 "INSERT INTO iotpipe.alert_rules (name, kind, metric, op, threshold, clear_threshold, for_duration)"
@@ -94,8 +90,6 @@ def main():
             ).fetchone()[0]
             rate = (m1 - m0) / (time.monotonic() - t0)
             c.execute("SELECT iotpipe.simulator_stop()")
-    finally:
-        subprocess.run([pgc, "stop", a.dir])
 
     warm = [s for s in samples if s[0] >= 60] or samples
     first = [s[1] for s in warm if s[0] < warm[0][0] + 60]
