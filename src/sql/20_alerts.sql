@@ -279,6 +279,8 @@ COMMENT ON VIEW iotpipe.firing_alerts IS 'alerts firing now, with their rule';
 GRANT SELECT ON iotpipe.alert_rules, iotpipe.alerts, iotpipe.silences, iotpipe.firing_alerts
     TO iotpipe_operator, iotpipe_admin;
 GRANT INSERT, UPDATE, DELETE ON iotpipe.alert_rules, iotpipe.silences TO iotpipe_admin;
+-- the engine writes alerts as the role that ingests (ingest_json is an admin function)
+GRANT INSERT, UPDATE ON iotpipe.alerts TO iotpipe_admin;
 REVOKE EXECUTE ON FUNCTION
     iotpipe.ack_alert(bigint, text),
     iotpipe._alert_timers(timestamptz),

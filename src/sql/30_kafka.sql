@@ -139,7 +139,7 @@ GRANT SELECT ON iotpipe.kafka_offsets, iotpipe.kafka_watermarks, iotpipe.kafka_l
     TO iotpipe_operator, iotpipe_admin;
 GRANT SELECT (source_id, topic, brokers, group_id, workers, enabled, generation, created_at, updated_at)
     ON iotpipe.kafka_sources TO iotpipe_operator;
-GRANT SELECT, UPDATE, DELETE ON iotpipe.kafka_sources TO iotpipe_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON iotpipe.kafka_sources TO iotpipe_admin;
 GRANT SELECT, UPDATE, DELETE ON iotpipe.kafka_offsets TO iotpipe_admin;
 
 REVOKE EXECUTE ON FUNCTION

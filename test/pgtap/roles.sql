@@ -2,7 +2,7 @@
 -- acting as each role.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(61);
+SELECT plan(66);
 
 -- the roles exist and cannot log in by themselves
 SELECT has_role('iotpipe_analyst');
@@ -119,6 +119,21 @@ SELECT is((SELECT status FROM iotpipe.etl_runs ORDER BY run_id DESC LIMIT 1), 'o
 SELECT lives_ok('SELECT iotpipe.apply_retention()', 'admin: apply_retention() runs');
 SELECT throws_ok('DELETE FROM iotpipe_dw.fact_reading', '42501', NULL,
                  'admin: changes the warehouse only through the ETL');
+-- what an admin does day to day works as that role, not only as a superuser
+RESET ROLE;
+INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, op, threshold)
+VALUES ('roles-tap-admin-hot', 'threshold', 'temperature', 'roles-tap-admin', '>', 50);
+SET LOCAL ROLE iotpipe_admin;
+SELECT lives_ok($$SELECT iotpipe.ingest_json(ARRAY[
+                    '{"sensor_id":"roles-tap-admin","ts":"2019-05-05T10:00:00Z","temperature":60}',
+                    'not json'])$$,
+                'admin: ingest_json writes readings, a new partition, an alert and a dead letter');
+SELECT is((SELECT count(*) FROM iotpipe.alerts WHERE sensor_id = 'roles-tap-admin' AND state = 'firing'), 1::bigint,
+          'admin: the alert engine fired as the ingesting role');
+SELECT lives_ok($$SELECT iotpipe.kafka_start('127.0.0.1:9', 'roles-tap-topic')$$, 'admin: kafka_start runs');
+SELECT lives_ok($$SELECT iotpipe.kafka_stop('roles-tap-topic')$$, 'admin: kafka_stop runs');
+SELECT lives_ok('SELECT iotpipe.simulator_start(rate => 1); SELECT iotpipe.simulator_stop()',
+                'admin: simulator_start and simulator_stop run');
 RESET ROLE;
 
 ------------------------------------------------------------------ PUBLIC
