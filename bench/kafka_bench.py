@@ -56,6 +56,11 @@ def main():
     ap.add_argument("--broker-port", type=int, default=19392)
     ap.add_argument("--python-batch", type=int, default=5000)
     ap.add_argument("--skip-python", action="store_true")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        help="iotpipe.batch_size for the run (default: the server's)",
+    )
     a = ap.parse_args()
 
     subprocess.run(
@@ -191,6 +196,9 @@ def run(a, broker):
     dsn = f"host={a.dir} port={a.port} dbname=bench user=postgres"
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
+        if a.batch_size:
+            c.execute(f"ALTER SYSTEM SET iotpipe.batch_size = {int(a.batch_size)}")
+            c.execute("SELECT pg_reload_conf()")
         c.execute("SELECT iotpipe.create_partitions('2026-01-01', '2026-01-03')")
         t = time.perf_counter()
         msgs = [
