@@ -11,7 +11,7 @@
 #include "utils/guc.h"
 
 char	   *iotpipe_database = NULL;
-int			iotpipe_batch_size = 5000;
+int			iotpipe_batch_size = 20000;
 int			iotpipe_flush_interval_ms = 20;
 int			iotpipe_etl_interval_s = 0;
 int			iotpipe_raw_retention_s = 0;
@@ -47,9 +47,9 @@ iotpipe_guc_init(bool preloading)
 
 	DefineCustomIntVariable("iotpipe.batch_size",
 							"Maximum number of messages written in one ingest transaction.",
-							NULL,
+							"Large batches make a backlog drain faster; at steady rates iotpipe.flush_interval bounds the batch.",
 							&iotpipe_batch_size,
-							5000, 1, 1000000,
+							20000, 1, 1000000,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
