@@ -537,7 +537,7 @@ static const char *const consumer_defaults[][2] = {
 	{"auto.offset.reset", "earliest"},
 	{"allow.auto.create.topics", "false"},
 	{"session.timeout.ms", "10000"},
-	{"heartbeat.interval.ms", "2000"},
+	{"heartbeat.interval.ms", "500"},	/* a rebalance is noticed within 0.5 s */
 	{"reconnect.backoff.max.ms", "2000"},
 	{"queued.min.messages", "300000"},
 	{NULL, NULL}
