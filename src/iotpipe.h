@@ -126,6 +126,9 @@ extern void iotpipe_count(uint64 messages, uint64 rows, uint64 rejected);
 extern void iotpipe_update_rate(void);
 extern bool iotpipe_should_stop(void);
 extern void iotpipe_wake_launcher_now(void);
+/* fn(arg) in a transaction of its own; false and *err on error, never throws */
+extern bool iotpipe_run_xact(void (*fn) (void *), void *arg, const char *what,
+							 bool spi, char **err);
 extern int	iotpipe_my_slot;
 extern int	iotpipe_my_config_gen(void);
 

@@ -312,38 +312,14 @@ should_stop(void)
 static bool
 in_xact(void (*fn) (void *), void *arg, const char *what)
 {
-	volatile bool ok = true;
+	char	   *err;
 
-	PG_TRY();
-	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, what);
-		fn(arg);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(workcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		iotpipe_set_error("%s", edata->message);
-		ereport(LOG, (errmsg("%s: %s failed: %s", who, what, edata->message)));
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	if (iotpipe_run_xact(fn, arg, what, true, &err))
+		return true;
+	iotpipe_set_error("%s", err);
+	ereport(LOG, (errmsg("%s: %s failed: %s", who, what, err)));
+	pfree(err);
+	return false;
 }
 
 /* read the source's settings (arg: source id); cfg.topic stays NULL if it is gone */

@@ -89,37 +89,13 @@ iotpipe_launcher_register(void)
 static bool
 run_guarded(void (*fn) (void *), void *arg, const char *what)
 {
-	volatile bool ok = true;
+	char	   *err;
 
-	PG_TRY();
-	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, what);
-		fn(arg);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(launcher_cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		ereport(LOG,
-				(errmsg("iotpipe launcher: %s failed: %s", what, edata->message)));
-		iotpipe_set_error("%s: %s", what, edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(pass_cxt);
-	return ok;
+	if (iotpipe_run_xact(fn, arg, what, false, &err))
+		return true;
+	ereport(LOG, (errmsg("iotpipe launcher: %s failed: %s", what, err)));
+	iotpipe_set_error("%s: %s", what, err);
+	return false;
 }
 
 /* ---------- desired state ---------- */

@@ -115,46 +115,40 @@ sim_wait(long timeout_ms)
 	}
 }
 
+typedef struct FlushArgs
+{
+	IotBatch   *batch;
+	uint64		accepted;
+	uint64		rejected;
+} FlushArgs;
+
+static void
+flush_tx(void *arg)
+{
+	FlushArgs  *fa = (FlushArgs *) arg;
+
+	iotpipe_batch_flush(fa->batch, &fa->accepted, &fa->rejected);
+}
+
 /* write one batch in its own transaction; false (and state backoff) on failure */
 static bool
-flush_direct(IotBatch *batch, MemoryContext workcxt)
+flush_direct(IotBatch *batch)
 {
-	uint64		acc = 0,
-				rej = 0;
-	int			n = iotpipe_batch_count(batch);
+	FlushArgs	fa = {.batch = batch};
+	char	   *err;
 
-	PG_TRY();
+	if (!iotpipe_run_xact(flush_tx, &fa, "iotpipe simulator: writing a batch", false, &err))
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, "iotpipe simulator: writing a batch");
-		iotpipe_batch_flush(batch, &acc, &rej);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(workcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		iotpipe_set_error("%s", edata->message);
+		iotpipe_set_error("%s", err);
 		iotpipe_set_state(IOT_STATE_BACKOFF, "batch failed; retrying");
 		ereport(LOG,
 				(errmsg("iotpipe simulator: could not write a batch of %d messages: %s",
-						n, edata->message),
+						iotpipe_batch_count(batch), err),
 				 errdetail("The batch is kept and retried.")));
-		FreeErrorData(edata);
+		pfree(err);
 		return false;
 	}
-	PG_END_TRY();
-
-	iotpipe_count(acc + rej, acc, rej);
+	iotpipe_count(fa.accepted + fa.rejected, fa.accepted, fa.rejected);
 	return true;
 }
 
@@ -242,7 +236,7 @@ iotpipe_simulator_main(Datum arg)
 		if (pending)
 		{
 			/* retry the failed batch before making new readings */
-			if (flush_direct(batch, workcxt))
+			if (flush_direct(batch))
 			{
 				pending = false;
 				backoff_ms = 500;
@@ -338,7 +332,7 @@ iotpipe_simulator_main(Datum arg)
 				iotpipe_set_state(IOT_STATE_RUNNING, NULL);
 			iotpipe_count(n, 0, 0);
 		}
-		else if (flush_direct(batch, workcxt))
+		else if (flush_direct(batch))
 			iotpipe_batch_reset(batch);
 		else
 			pending = true;

@@ -11,6 +11,10 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -234,6 +238,53 @@ iotpipe_should_stop(void)
 	stop = (slot->generation != my_generation || slot->pid != MyProcPid);
 	LWLockRelease(iotpipe_shared->lock);
 	return stop;
+}
+
+/*
+ * Run fn(arg) in a transaction of its own, with a snapshot (and SPI
+ * connected when spi).  Never throws: on error the transaction is rolled
+ * back, *err gets the error message (in the caller's memory context) and
+ * false is returned; the caller decides how to log and publish it.  Returns
+ * in the caller's memory context either way.
+ */
+bool
+iotpipe_run_xact(void (*fn) (void *), void *arg, const char *what, bool spi, char **err)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (spi && SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, what);
+		fn(arg);
+		if (spi)
+			SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (err)
+			*err = MemoryContextStrdup(caller, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	return ok;
 }
 
 void
