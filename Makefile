@@ -16,7 +16,8 @@ OBJS = \
 	src/simulator.o \
 	src/simgen.o \
 	src/alerts.o \
-	src/kafka.o
+	src/kafka.o \
+	src/etl.o
 
 # The install script is built from the ordered fragments in src/sql/.
 SQL_SOURCES = $(sort $(wildcard src/sql/*.sql))

@@ -168,9 +168,11 @@ CREATE TABLE iotpipe.etl_pending (
 CREATE INDEX etl_pending_ts_idx ON iotpipe.etl_pending (ts);
 COMMENT ON TABLE iotpipe.etl_pending IS 'raw readings already seen by the ETL but held back by run_etl(until)';
 
--- Per-run scratch space (the advisory lock makes the ETL single-threaded).
-CREATE UNLOGGED TABLE iotpipe.etl_stage_hours (
-    sensor_key int NOT NULL, hour_start timestamptz NOT NULL, PRIMARY KEY (sensor_key, hour_start));
+-- Per-run scratch space (the advisory lock makes the ETL single-threaded):
+-- what an incremental run changes, written by iotpipe._etl_emit() and
+-- upserted from here.
+CREATE UNLOGGED TABLE iotpipe.etl_stage_facts (LIKE iotpipe_dw.fact_reading);
+CREATE UNLOGGED TABLE iotpipe.etl_stage_hourly (LIKE iotpipe_dw.fact_sensor_hourly);
 CREATE UNLOGGED TABLE iotpipe.etl_stage_days (
     sensor_key int NOT NULL, date_key int NOT NULL);
 
@@ -208,24 +210,20 @@ CREATE VIEW iotpipe.etl_progress AS
      WHERE application_name LIKE 'iotpipe etl run %';
 COMMENT ON VIEW iotpipe.etl_progress IS 'ETL runs in progress and the step they are in';
 
--- avg() and stddev_samp()'s state for float8, returned as such: {n, sum,
--- sum of squared deviations from the mean}; one transition per reading
--- gives the count, mean and standard deviation (computed exactly as avg()
--- and stddev_samp() compute them) and the sums the outlier test needs
-CREATE AGGREGATE iotpipe._etl_acc(float8) (
-    SFUNC = float8_accum, STYPE = float8[], INITCOND = '{0,0,0}', PARALLEL = SAFE);
-
--- Outlier test, leave-one-out: x against the mean and standard deviation
--- of the other readings in its window, from n, sum and sum of squares of
--- the window's readings (x included).  Needs 5 other readings; the deviation
--- must exceed 4 standard deviations, and at least 0.4 (a floor of 0.1 on
--- the standard deviation: flat lines).
-CREATE FUNCTION iotpipe._etl_outlier(x float8, n bigint, s float8, q float8) RETURNS bool
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE WHEN x IS NULL OR n < 6 THEN false
-                ELSE abs(x - (s - x) / (n - 1))
-                     > 4 * greatest(sqrt(greatest((q - x * x - (s - x) ^ 2 / (n - 1)) / (n - 2), 0)), 0.1)
-           END;
+-- The per-reading work, in C (src/etl.c): _etl_collect() runs the candidate
+-- query into memory, filed by sensor, and returns per sensor and location
+-- the count and event-time range; _etl_emit() maps readings to sensor
+-- versions, dedups, computes the hourly statistics and the outlier and
+-- stuck flags, and writes facts and hours (docs/warehouse.md has the rules).
+CREATE FUNCTION iotpipe._etl_collect(cand text, lo bigint, snap pg_snapshot, prev pg_snapshot,
+                                     until timestamptz)
+    RETURNS TABLE (sensor_id text, location text, n bigint, min_ts timestamptz, max_ts timestamptz)
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'iotpipe_etl_collect';
+CREATE FUNCTION iotpipe._etl_emit(full_load bool,
+                                  OUT facts_new bigint, OUT facts_changed bigint, OUT hours bigint)
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'iotpipe_etl_emit';
 
 ------------------------------------------------------------------------------
 -- The ETL
@@ -256,8 +254,7 @@ DECLARE
     -- this set, whatever commits meanwhile: a transaction that commits
     -- after the snapshot is not visible in it, and waits for the next run.
     cand      text;
-    upsert_f  text := '';
-    upsert_h  text := '';
+    emitted   record;
 BEGIN
     SELECT r.snapshot INTO prev_snap
       FROM iotpipe.etl_runs r
@@ -277,17 +274,15 @@ BEGIN
                  || ' p.ingest_xid, p.ord FROM iotpipe.etl_pending p'
                  || ' WHERE $4::timestamptz IS NULL OR p.ts < $4';
 
-    TRUNCATE iotpipe.etl_stage_hours, iotpipe.etl_stage_days;
+    TRUNCATE iotpipe.etl_stage_facts, iotpipe.etl_stage_hourly, iotpipe.etl_stage_days;
 
-    PERFORM iotpipe._etl_progress(run.run_id, 'summarising new readings', t0);
-    -- CREATE TABLE AS, unlike INSERT, may scan with parallel workers
+    PERFORM iotpipe._etl_progress(run.run_id, 'reading new readings', t0);
     IF to_regclass('pg_temp.etl_summary') IS NOT NULL THEN
         DROP TABLE etl_summary;                 -- a second run in one transaction
     END IF;
-    EXECUTE 'CREATE TEMP TABLE etl_summary ON COMMIT DROP AS'
-         || ' SELECT c.sensor_id, c.location, count(*) AS n, min(c.ts) AS min_ts, max(c.ts) AS max_ts'
-         || ' FROM (' || cand || ') c GROUP BY c.sensor_id, c.location'
-      USING lo, snap, prev_snap, run.until;
+    -- every candidate reading, read once into memory (src/etl.c)
+    CREATE TEMP TABLE etl_summary ON COMMIT DROP AS
+    SELECT * FROM iotpipe._etl_collect(cand, lo, snap, prev_snap, run.until);
     SELECT coalesce(sum(s.n), 0), min(s.min_ts), max(s.max_ts)
       INTO run.rows_read, run.window_start, run.window_end
       FROM etl_summary s;
@@ -398,210 +393,70 @@ BEGIN
     ---------------------------------------------------------------- facts
     full_load := NOT EXISTS (SELECT FROM iotpipe_dw.fact_reading);
     IF full_load THEN
-        -- an empty warehouse: plain inserts into fresh files (with
-        -- wal_level = minimal they skip the WAL); readers of these empty
-        -- tables wait for the load
+        -- an empty warehouse: fresh files, written frozen (as COPY FREEZE;
+        -- with wal_level = minimal they skip the WAL); readers of these
+        -- empty tables wait for the load
         TRUNCATE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily;
         -- and without their indexes: one sorted build each afterwards costs
         -- less than maintaining them row by row
         ALTER TABLE iotpipe_dw.fact_reading DROP CONSTRAINT fact_reading_pkey;
         ALTER TABLE iotpipe_dw.fact_sensor_hourly DROP CONSTRAINT fact_sensor_hourly_pkey;
         DROP INDEX iotpipe_dw.fact_sensor_hourly_hour_idx;
-    ELSE
-        -- the sensor-hours the new readings touch; flags are recomputed one
-        -- hour around them, from facts two hours around them
-        PERFORM iotpipe._etl_progress(run.run_id, 'finding touched hours', t0);
-        EXECUTE 'INSERT INTO iotpipe.etl_stage_hours'
-             || ' SELECT DISTINCT d.sensor_key, date_trunc(''hour'', c.ts)'
-             || ' FROM (' || cand || ') c JOIN iotpipe_dw.dim_sensor d'
-             || '   ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to'
-          USING lo, snap, prev_snap, run.until;
-        ANALYZE iotpipe.etl_stage_hours;
-        upsert_f := $u$
-        ON CONFLICT (sensor_key, ts) DO UPDATE
-           SET temperature = excluded.temperature, humidity = excluded.humidity,
-               copies = excluded.copies, is_duplicate = excluded.is_duplicate,
-               is_outlier = excluded.is_outlier, is_stuck = excluded.is_stuck,
-               ingest_xid = excluded.ingest_xid
-         WHERE (f.temperature, f.humidity, f.copies, f.is_outlier, f.is_stuck, f.ingest_xid)
-               IS DISTINCT FROM
-               (excluded.temperature, excluded.humidity, excluded.copies, excluded.is_outlier,
-                excluded.is_stuck, excluded.ingest_xid)$u$;
-        upsert_h := $u$
-        ON CONFLICT (sensor_key, hour_start) DO UPDATE
-           SET readings = excluded.readings, temperature_n = excluded.temperature_n,
-               temperature_avg = excluded.temperature_avg, temperature_min = excluded.temperature_min,
-               temperature_max = excluded.temperature_max, temperature_stddev = excluded.temperature_stddev,
-               humidity_n = excluded.humidity_n, humidity_avg = excluded.humidity_avg,
-               humidity_min = excluded.humidity_min, humidity_max = excluded.humidity_max,
-               humidity_stddev = excluded.humidity_stddev, anomalies = excluded.anomalies,
-               outliers = excluded.outliers, stuck = excluded.stuck, duplicates = excluded.duplicates
-         WHERE (h.readings, h.temperature_n, h.temperature_avg, h.temperature_min, h.temperature_max,
-                h.temperature_stddev, h.humidity_n, h.humidity_avg, h.humidity_min, h.humidity_max,
-                h.humidity_stddev, h.anomalies, h.outliers, h.stuck, h.duplicates)
-               IS DISTINCT FROM
-               (excluded.readings, excluded.temperature_n, excluded.temperature_avg,
-                excluded.temperature_min, excluded.temperature_max, excluded.temperature_stddev,
-                excluded.humidity_n, excluded.humidity_avg, excluded.humidity_min,
-                excluded.humidity_max, excluded.humidity_stddev, excluded.anomalies,
-                excluded.outliers, excluded.stuck, excluded.duplicates)$u$;
     END IF;
 
     PERFORM iotpipe._etl_progress(run.run_id,
         CASE WHEN full_load THEN 'loading facts (full)' ELSE 'loading facts' END, t0);
-    EXECUTE format($q$
-    WITH
-    keyed_cand AS (
-        SELECT d.sensor_key, d.location_key, c.ts, c.temperature, c.humidity, c.ingest_xid, c.ord,
-               1 AS copies
-          FROM (%1$s) c
-          JOIN iotpipe_dw.dim_sensor d
-            ON d.sensor_id = c.sensor_id AND c.ts >= d.valid_from AND c.ts < d.valid_to
-        %2$s
-    ),
-    -- one row per (sensor, ts): the first ingested wins; copies add up.
-    -- Then, over the same sort (sensor, ts), the four readings before
-    -- each one for the stuck flag: one sort for every window.
-    dedup AS (
-        SELECT x.sensor_key, x.location_key, x.ts, x.hour_start, x.temperature, x.humidity,
-               x.ingest_xid, x.copies,
-               lag(x.ts, 4) OVER sw AS ts4,
-               lag(x.temperature, 1) OVER sw AS t1, lag(x.temperature, 2) OVER sw AS t2,
-               lag(x.temperature, 3) OVER sw AS t3, lag(x.temperature, 4) OVER sw AS t4,
-               lag(x.humidity, 1) OVER sw AS h1, lag(x.humidity, 2) OVER sw AS h2,
-               lag(x.humidity, 3) OVER sw AS h3, lag(x.humidity, 4) OVER sw AS h4
-          FROM (SELECT k.sensor_key, k.location_key, k.ts, date_trunc('hour', k.ts) AS hour_start,
-                       k.temperature, k.humidity, k.ingest_xid,
-                       row_number() OVER w AS rn, (sum(k.copies) OVER w)::int AS copies
-                  FROM keyed_cand k
-                WINDOW w AS (PARTITION BY k.sensor_key, k.ts
-                             ORDER BY k.ingest_xid, k.ord
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)) x
-         WHERE x.rn = 1
-        WINDOW sw AS (PARTITION BY x.sensor_key ORDER BY x.ts)
-    ),
-    -- per sensor-hour: the hourly measures, and n, sum and sum of squares
-    -- for the outlier statistics, from one float8 accumulator per measure
-    -- (the state avg() and stddev_samp() keep: n, sum, sum of squared
-    -- deviations), sorted by sensor and hour
-    hs AS (
-        SELECT dd.sensor_key, dd.hour_start, min(dd.location_key) AS location_key,
-               count(*)::int AS readings,
-               (iotpipe._etl_acc(dd.temperature))[1]::int AS t_n, (iotpipe._etl_acc(dd.temperature))[2] AS t_s,
-               (iotpipe._etl_acc(dd.temperature))[3] + CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 0
-                    THEN (iotpipe._etl_acc(dd.temperature))[2] * (iotpipe._etl_acc(dd.temperature))[2] / (iotpipe._etl_acc(dd.temperature))[1] ELSE 0 END AS t_q,
-               CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 0 THEN (iotpipe._etl_acc(dd.temperature))[2] / (iotpipe._etl_acc(dd.temperature))[1] END AS t_avg,
-               min(dd.temperature) AS t_min, max(dd.temperature) AS t_max,
-               CASE WHEN (iotpipe._etl_acc(dd.temperature))[1] > 1 THEN sqrt((iotpipe._etl_acc(dd.temperature))[3] / ((iotpipe._etl_acc(dd.temperature))[1] - 1)) END AS t_sd,
-               (iotpipe._etl_acc(dd.humidity))[1]::int AS h_n, (iotpipe._etl_acc(dd.humidity))[2] AS h_s,
-               (iotpipe._etl_acc(dd.humidity))[3] + CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 0
-                    THEN (iotpipe._etl_acc(dd.humidity))[2] * (iotpipe._etl_acc(dd.humidity))[2] / (iotpipe._etl_acc(dd.humidity))[1] ELSE 0 END AS h_q,
-               CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 0 THEN (iotpipe._etl_acc(dd.humidity))[2] / (iotpipe._etl_acc(dd.humidity))[1] END AS h_avg,
-               min(dd.humidity) AS h_min, max(dd.humidity) AS h_max,
-               CASE WHEN (iotpipe._etl_acc(dd.humidity))[1] > 1 THEN sqrt((iotpipe._etl_acc(dd.humidity))[3] / ((iotpipe._etl_acc(dd.humidity))[1] - 1)) END AS h_sd
-          FROM dedup dd
-         GROUP BY dd.sensor_key, dd.hour_start
-    ),
-    -- the same sums over the hour and its two neighbours (three rows at
-    -- most; ordered as the aggregate's output, so no sort)
-    h3 AS (
-        SELECT hs.*,
-               iotpipe._etl_date_key(hs.hour_start::date) AS date_key,
-               date_part('hour', hs.hour_start)::smallint AS hour,
-               sum(hs.t_n) OVER hw AS t_n3, sum(hs.t_s) OVER hw AS t_s3, sum(hs.t_q) OVER hw AS t_q3,
-               sum(hs.h_n) OVER hw AS h_n3, sum(hs.h_s) OVER hw AS h_s3, sum(hs.h_q) OVER hw AS h_q3
-          FROM hs
-        WINDOW hw AS (PARTITION BY hs.sensor_key ORDER BY hs.hour_start
-                      RANGE BETWEEN '1 hour' PRECEDING AND '1 hour' FOLLOWING)
-    ),
-    keyed AS (
-        SELECT s.sensor_key, s.location_key, s.ts, s.hour_start, s.temperature, s.humidity,
-               s.copies, s.ingest_xid, s.copies > 1 AS is_duplicate,
-               iotpipe._etl_outlier(s.temperature, hh.t_n3, hh.t_s3, hh.t_q3)
-                 OR iotpipe._etl_outlier(s.humidity, hh.h_n3, hh.h_s3, hh.h_q3) AS is_outlier,
-               (s.ts4 >= s.ts - interval '1 hour'
-                AND s.temperature IS NOT DISTINCT FROM s.t1 AND s.temperature IS NOT DISTINCT FROM s.t2
-                AND s.temperature IS NOT DISTINCT FROM s.t3 AND s.temperature IS NOT DISTINCT FROM s.t4
-                AND s.humidity IS NOT DISTINCT FROM s.h1 AND s.humidity IS NOT DISTINCT FROM s.h2
-                AND s.humidity IS NOT DISTINCT FROM s.h3 AND s.humidity IS NOT DISTINCT FROM s.h4)
-                 IS TRUE AS is_stuck,
-               hh.date_key,
-               (hh.hour * 60 + date_part('minute', s.ts))::smallint AS time_key
-          FROM dedup s
-          JOIN (SELECT h3.sensor_key, h3.hour_start, h3.date_key, h3.hour,
-                       h3.t_n3, h3.t_s3, h3.t_q3, h3.h_n3, h3.h_s3, h3.h_q3 FROM h3) hh
-            ON hh.sensor_key = s.sensor_key AND hh.hour_start = s.hour_start
-        %3$s
-    ),
-    facts AS (
-        INSERT INTO iotpipe_dw.fact_reading AS f
-               (sensor_key, ts, date_key, time_key, location_key, temperature, humidity,
-                copies, is_duplicate, is_outlier, is_stuck, ingest_xid)
-        SELECT k.sensor_key, k.ts, k.date_key, k.time_key,
-               k.location_key, k.temperature, k.humidity, k.copies,
-               k.is_duplicate, k.is_outlier, k.is_stuck, k.ingest_xid
-          FROM keyed k
-        %4$s
-        RETURNING f.sensor_key, f.ts, f.is_outlier, f.is_stuck, f.is_duplicate
-    ),
-    -- flag counts per sensor-hour, from the few flagged readings
-    flagged AS (
-        SELECT f.sensor_key, date_trunc('hour', f.ts) AS hour_start,
-               count(*) FILTER (WHERE f.is_outlier OR f.is_stuck) AS anomalies,
-               count(*) FILTER (WHERE f.is_outlier) AS outliers,
-               count(*) FILTER (WHERE f.is_stuck) AS stuck,
-               count(*) FILTER (WHERE f.is_duplicate) AS duplicates
-          FROM %6$s f
-         WHERE f.is_outlier OR f.is_stuck OR f.is_duplicate
-         GROUP BY 1, 2
-    ),
-    hourly AS (
-        INSERT INTO iotpipe_dw.fact_sensor_hourly AS h
-        SELECT s.sensor_key, s.hour_start, s.date_key, s.hour, s.location_key,
-               s.readings, s.t_n, s.t_avg, s.t_min, s.t_max, s.t_sd,
-               s.h_n, s.h_avg, s.h_min, s.h_max, s.h_sd,
-               coalesce(fl.anomalies, 0), coalesce(fl.outliers, 0), coalesce(fl.stuck, 0),
-               coalesce(fl.duplicates, 0)
-          FROM h3 s
-          LEFT JOIN flagged fl ON fl.sensor_key = s.sensor_key AND fl.hour_start = s.hour_start
-        %3$s
-        %5$s
-        RETURNING h.sensor_key, h.date_key
-    ),
-    days AS (
-        INSERT INTO iotpipe.etl_stage_days SELECT DISTINCT sensor_key, date_key FROM hourly
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM facts), (SELECT count(*) FROM hourly), (SELECT count(*) FROM days)
-    $q$,
-        cand,
-        -- context: the facts already loaded in the hours around the touched ones
-        CASE WHEN full_load THEN '' ELSE $c$
-        UNION ALL
-        SELECT f.sensor_key, f.location_key, f.ts, f.temperature, f.humidity, f.ingest_xid,
-               '(0,0)'::tid, f.copies
-          FROM (SELECT DISTINCT h.sensor_key, h.hour_start + o * interval '1 hour' AS hour_start
-                  FROM iotpipe.etl_stage_hours h, generate_series(-2, 2) o) ct
-          JOIN iotpipe_dw.fact_reading f
-            ON f.sensor_key = ct.sensor_key AND f.ts >= ct.hour_start
-           AND f.ts < ct.hour_start + interval '1 hour'$c$ END,
-        -- only the hours around the touched ones are written
-        CASE WHEN full_load THEN '' ELSE $w$
-         WHERE (s.sensor_key, s.hour_start) IN
-               (SELECT h.sensor_key, h.hour_start + o * interval '1 hour'
-                  FROM iotpipe.etl_stage_hours h, generate_series(-1, 1) o)$w$ END,
-        upsert_f, upsert_h,
-        -- a full load returns every fact; an upsert only the changed ones
-        CASE WHEN full_load THEN 'facts' ELSE 'keyed' END)
-       INTO run.rows_written, run.hours_refreshed, run.days_refreshed
-      USING lo, snap, prev_snap, run.until;
+    -- a full load writes facts and hours straight into the warehouse; an
+    -- incremental run writes new facts into fact_reading and stages the
+    -- facts it changes (another winner, more copies, other flags) and the
+    -- hours it recomputes (the touched ones and their neighbours)
+    SELECT * INTO emitted FROM iotpipe._etl_emit(full_load);
 
     IF full_load THEN
+        run.rows_written := emitted.facts_new;
+        run.hours_refreshed := emitted.hours;
         PERFORM iotpipe._etl_progress(run.run_id, 'indexing facts', t0);
         ALTER TABLE iotpipe_dw.fact_reading ADD CONSTRAINT fact_reading_pkey PRIMARY KEY (sensor_key, ts);
         ALTER TABLE iotpipe_dw.fact_sensor_hourly
             ADD CONSTRAINT fact_sensor_hourly_pkey PRIMARY KEY (sensor_key, hour_start);
         CREATE INDEX fact_sensor_hourly_hour_idx ON iotpipe_dw.fact_sensor_hourly (hour_start);
+    ELSE
+        PERFORM iotpipe._etl_progress(run.run_id, 'updating facts and hours', t0);
+        UPDATE iotpipe_dw.fact_reading f
+           SET temperature = s.temperature, humidity = s.humidity, copies = s.copies,
+               is_duplicate = s.is_duplicate, is_outlier = s.is_outlier, is_stuck = s.is_stuck,
+               ingest_xid = s.ingest_xid
+          FROM iotpipe.etl_stage_facts s
+         WHERE f.sensor_key = s.sensor_key AND f.ts = s.ts;
+        run.rows_written := emitted.facts_new + emitted.facts_changed;
+        WITH hourly AS (
+            INSERT INTO iotpipe_dw.fact_sensor_hourly AS h
+            SELECT * FROM iotpipe.etl_stage_hourly
+            ON CONFLICT (sensor_key, hour_start) DO UPDATE
+               SET readings = excluded.readings, temperature_n = excluded.temperature_n,
+                   temperature_avg = excluded.temperature_avg, temperature_min = excluded.temperature_min,
+                   temperature_max = excluded.temperature_max, temperature_stddev = excluded.temperature_stddev,
+                   humidity_n = excluded.humidity_n, humidity_avg = excluded.humidity_avg,
+                   humidity_min = excluded.humidity_min, humidity_max = excluded.humidity_max,
+                   humidity_stddev = excluded.humidity_stddev, anomalies = excluded.anomalies,
+                   outliers = excluded.outliers, stuck = excluded.stuck, duplicates = excluded.duplicates
+             WHERE (h.readings, h.temperature_n, h.temperature_avg, h.temperature_min, h.temperature_max,
+                    h.temperature_stddev, h.humidity_n, h.humidity_avg, h.humidity_min, h.humidity_max,
+                    h.humidity_stddev, h.anomalies, h.outliers, h.stuck, h.duplicates)
+                   IS DISTINCT FROM
+                   (excluded.readings, excluded.temperature_n, excluded.temperature_avg,
+                    excluded.temperature_min, excluded.temperature_max, excluded.temperature_stddev,
+                    excluded.humidity_n, excluded.humidity_avg, excluded.humidity_min,
+                    excluded.humidity_max, excluded.humidity_stddev, excluded.anomalies,
+                    excluded.outliers, excluded.stuck, excluded.duplicates)
+            RETURNING h.sensor_key, h.date_key
+        ),
+        days AS (
+            INSERT INTO iotpipe.etl_stage_days SELECT DISTINCT sensor_key, date_key FROM hourly
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM hourly), (SELECT count(*) FROM days)
+          INTO run.hours_refreshed, run.days_refreshed;
     END IF;
 
     ---------------------------------------------------------------- daily roll-up
@@ -637,8 +492,9 @@ BEGIN
            humidity_avg = excluded.humidity_avg, humidity_min = excluded.humidity_min,
            humidity_max = excluded.humidity_max, humidity_stddev = excluded.humidity_stddev,
            anomalies = excluded.anomalies, duplicates = excluded.duplicates;
-
     IF full_load THEN
+        GET DIAGNOSTICS n = ROW_COUNT;
+        run.days_refreshed := n;
         -- fresh files have no statistics: give the next (incremental) run good plans
         ANALYZE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily;
     END IF;
@@ -819,7 +675,9 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe.reset_warehouse(),
     iotpipe.apply_retention(),
     iotpipe.apply_retention(interval),
-    iotpipe._etl_progress(bigint, text, timestamptz)
+    iotpipe._etl_progress(bigint, text, timestamptz),
+    iotpipe._etl_collect(text, bigint, pg_snapshot, pg_snapshot, timestamptz),
+    iotpipe._etl_emit(bool)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.run_etl(timestamptz),
