@@ -67,6 +67,10 @@
 PG_FUNCTION_INFO_V1(iotpipe_etl_collect);
 PG_FUNCTION_INFO_V1(iotpipe_etl_emit);
 
+#define FACT_NATTS		12
+#define HOURLY_NATTS	20
+#define DAYS_NATTS		3
+
 /* EtlRow.flags */
 #define ROW_TEMP_NULL	0x01
 #define ROW_HUM_NULL	0x02
@@ -128,6 +132,7 @@ typedef struct EtlState
 	int		   *slots;			/* open addressing: index + 1, 0 = empty */
 	int			nslots;			/* power of two */
 	int64		nrows;
+	HTAB	   *old_hours;		/* incremental: EtlOldHour by (key, start) */
 } EtlState;
 
 /* the state lives in a context of the transaction that made it */
@@ -167,8 +172,6 @@ typedef struct EtlHour
 	bool		out;			/* written by this run */
 } EtlHour;
 
-#define FACT_NATTS		12
-#define HOURLY_NATTS	20
 #define WRITER_BATCH	1000
 
 /* a multi-insert writer into one table */
@@ -360,13 +363,34 @@ etl_note_location(EtlState *st, EtlSensor *s, const char *loc, int len, Timestam
 
 /* ------------------------------------------------------------- receivers */
 
+typedef enum EtlRecvMode
+{
+	RECV_CAND,					/* raw candidate readings */
+	RECV_FACTS,					/* loaded facts around the touched hours */
+	RECV_HOURS					/* loaded hourly rows around them */
+} EtlRecvMode;
+
 typedef struct EtlReceiver
 {
 	DestReceiver pub;
 	EtlState   *st;
-	bool		facts;			/* reading loaded facts, not raw readings */
+	EtlRecvMode mode;
 	HTAB	   *bykey;			/* facts: sensor_key -> sensor */
 } EtlReceiver;
+
+/* an hourly row already in fact_sensor_hourly (every column is by value) */
+typedef struct EtlHourKey
+{
+	int32		key;
+	TimestampTz start;
+} EtlHourKey;
+
+typedef struct EtlOldHour
+{
+	EtlHourKey	k;
+	Datum		vals[HOURLY_NATTS];
+	bool		nulls[HOURLY_NATTS];
+} EtlOldHour;
 
 typedef struct EtlKeyEntry
 {
@@ -376,13 +400,21 @@ typedef struct EtlKeyEntry
 
 static const Oid cand_types[] = {TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, TEXTOID, XID8OID, TIDOID};
 static const Oid fact_types[] = {INT4OID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, XID8OID, INT4OID, BOOLOID, BOOLOID};
+static const Oid hour_types[HOURLY_NATTS] = {
+	INT4OID, TIMESTAMPTZOID, INT4OID, INT2OID, INT4OID, INT4OID,
+	INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID,
+	INT4OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID,
+	INT4OID, INT4OID, INT4OID, INT4OID
+};
 
 static void
 etl_startup(DestReceiver *self, int operation, TupleDesc desc)
 {
 	EtlReceiver *r = (EtlReceiver *) self;
-	const Oid  *want = r->facts ? fact_types : cand_types;
-	int			n = r->facts ? lengthof(fact_types) : lengthof(cand_types);
+	const Oid  *want = r->mode == RECV_CAND ? cand_types :
+		r->mode == RECV_FACTS ? fact_types : hour_types;
+	int			n = r->mode == RECV_CAND ? lengthof(cand_types) :
+		r->mode == RECV_FACTS ? lengthof(fact_types) : lengthof(hour_types);
 
 	if (desc->natts != n)
 		elog(ERROR, "iotpipe etl: query returns %d columns, expected %d", desc->natts, n);
@@ -415,7 +447,20 @@ etl_receive(TupleTableSlot *slot, DestReceiver *self)
 	v = slot->tts_values;
 	nul = slot->tts_isnull;
 
-	if (!r->facts)
+	if (r->mode == RECV_HOURS)
+	{
+		EtlHourKey	k;
+		EtlOldHour *o;
+
+		memset(&k, 0, sizeof(k));
+		k.key = DatumGetInt32(v[0]);
+		k.start = DatumGetTimestampTz(v[1]);
+		o = hash_search(st->old_hours, &k, HASH_ENTER, NULL);
+		memcpy(o->vals, v, sizeof(Datum) * HOURLY_NATTS);
+		memcpy(o->nulls, nul, sizeof(bool) * HOURLY_NATTS);
+		return true;
+	}
+	if (r->mode == RECV_CAND)
 	{
 		text	   *id;
 		text	   *loc = NULL;
@@ -566,7 +611,7 @@ iotpipe_etl_collect(PG_FUNCTION_ARGS)
 	st = etl_state_get(true);
 	memset(&r, 0, sizeof(r));
 	r.st = st;
-	r.facts = false;
+	r.mode = RECV_CAND;
 
 	SPI_connect();
 	etl_run_query(&r, sql, 4, types, values, nulls);
@@ -621,6 +666,10 @@ static const EtlColumn hourly_columns[HOURLY_NATTS] = {
 	{"humidity_max", FLOAT8OID}, {"humidity_stddev", FLOAT8OID},
 	{"anomalies", INT4OID}, {"outliers", INT4OID}, {"stuck", INT4OID},
 	{"duplicates", INT4OID}
+};
+
+static const EtlColumn days_columns[DAYS_NATTS] = {
+	{"sensor_key", INT4OID}, {"date_key", INT4OID}, {"day_start", TIMESTAMPTZOID}
 };
 
 static void
@@ -839,7 +888,12 @@ typedef struct EtlEmit
 	bool		full;
 	EtlWriter	facts;			/* fact_reading */
 	EtlWriter	changed;		/* etl_stage_facts (incremental) */
-	EtlWriter	hourly;			/* fact_sensor_hourly or etl_stage_hourly */
+	EtlWriter	hourly;			/* fact_sensor_hourly */
+	EtlWriter	hours_changed;	/* etl_stage_hourly (incremental) */
+	EtlWriter	days;			/* etl_stage_days (incremental) */
+	HTAB	   *old_hours;		/* incremental: the hourly rows loaded */
+	int32		last_day_key;	/* the last (sensor_key, date_key) staged */
+	int32		last_day;
 	EtlFact    *f;
 	int64		fcap;
 	EtlHour    *h;
@@ -847,6 +901,7 @@ typedef struct EtlEmit
 	int64		facts_new;
 	int64		facts_changed;
 	int64		hours;
+	int64		ndays;
 } EtlEmit;
 
 static void
@@ -881,14 +936,15 @@ etl_put_fact(EtlEmit *e, EtlWriter *w, const EtlVersion *v, const EtlRow *row,
 static void
 etl_put_hour(EtlEmit *e, const EtlVersion *v, const EtlHour *h)
 {
-	TupleTableSlot *slot = etl_writer_next(&e->hourly);
-	Datum	   *val = slot->tts_values;
-	bool	   *nul = slot->tts_isnull;
+	Datum		val[HOURLY_NATTS];
+	bool		nul[HOURLY_NATTS];
 	int32		date_key;
 	int			minute;
+	EtlWriter  *w = &e->hourly;
+	TupleTableSlot *slot;
 
 	etl_date_parts(h->start, &date_key, &minute);
-	memset(nul, 0, sizeof(bool) * HOURLY_NATTS);
+	memset(nul, 0, sizeof(nul));
 	val[0] = Int32GetDatum(v->key);
 	val[1] = TimestampTzGetDatum(h->start);
 	val[2] = Int32GetDatum(date_key);
@@ -908,18 +964,63 @@ etl_put_hour(EtlEmit *e, const EtlVersion *v, const EtlHour *h)
 			val[base + 3] = Float8GetDatum(m == 0 ? h->tmax : h->hmax);
 		}
 		else
+		{
+			val[base + 1] = val[base + 2] = val[base + 3] = (Datum) 0;
 			nul[base + 1] = nul[base + 2] = nul[base + 3] = true;
+		}
 		if (a[0] > 1)
 			val[base + 4] = Float8GetDatum(a[2] > 0 ? sqrt(a[2] / (a[0] - 1.0)) : 0.0);
 		else
+		{
+			val[base + 4] = (Datum) 0;
 			nul[base + 4] = true;
+		}
 	}
 	val[16] = Int32GetDatum(h->anomalies);
 	val[17] = Int32GetDatum(h->outliers);
 	val[18] = Int32GetDatum(h->stuck);
 	val[19] = Int32GetDatum(h->duplicates);
+
+	if (!e->full && e->old_hours != NULL)
+	{
+		EtlHourKey	k;
+		EtlOldHour *o;
+
+		memset(&k, 0, sizeof(k));
+		k.key = v->key;
+		k.start = h->start;
+		o = hash_search(e->old_hours, &k, HASH_FIND, NULL);
+		if (o != NULL)
+		{
+			bool		same = true;
+
+			/* as the upsert's IS DISTINCT FROM (all columns are by value) */
+			for (int i = 0; i < HOURLY_NATTS && same; i++)
+				same = o->nulls[i] == nul[i] && (nul[i] || o->vals[i] == val[i]);
+			if (same)
+				return;
+			w = &e->hours_changed;
+		}
+	}
+	slot = etl_writer_next(w);
+	memcpy(slot->tts_values, val, sizeof(val));
+	memcpy(slot->tts_isnull, nul, sizeof(nul));
 	ExecStoreVirtualTuple(slot);
 	e->hours++;
+
+	/* the days whose roll-up this changes */
+	if (!e->full && (e->ndays == 0 || e->last_day_key != v->key || e->last_day != date_key))
+	{
+		slot = etl_writer_next(&e->days);
+		slot->tts_values[0] = Int32GetDatum(v->key);
+		slot->tts_values[1] = Int32GetDatum(date_key);
+		slot->tts_values[2] = TimestampTzGetDatum(h->start - (TimestampTz) (minute / 60) * USECS_PER_HOUR);
+		memset(slot->tts_isnull, 0, sizeof(bool) * DAYS_NATTS);
+		ExecStoreVirtualTuple(slot);
+		e->last_day_key = v->key;
+		e->last_day = date_key;
+		e->ndays++;
+	}
 }
 
 /* one sensor version: rows[lo, hi) sorted by (ts, xid, ord) */
@@ -1258,7 +1359,7 @@ etl_load_context(EtlState *st)
 											  TYPALIGN_DOUBLE));
 	memset(&r, 0, sizeof(r));
 	r.st = st;
-	r.facts = true;
+	r.mode = RECV_FACTS;
 	r.bykey = bykey;
 	etl_run_query(&r,
 				  "SELECT f.sensor_key, f.ts, f.temperature, f.humidity, f.ingest_xid, f.copies,"
@@ -1267,11 +1368,26 @@ etl_load_context(EtlState *st)
 				  "  JOIN iotpipe_dw.fact_reading f ON f.sensor_key = c.k AND f.ts >= c.lo AND f.ts < c.hi",
 				  3, types, vals, nulls);
 	hash_destroy(bykey);
+
+	/* and the hourly rows there, to write only the new and the changed */
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(EtlHourKey);
+	ctl.entrysize = sizeof(EtlOldHour);
+	ctl.hcxt = st->cxt;
+	st->old_hours = hash_create("iotpipe etl hours", 4096, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	r.mode = RECV_HOURS;
+	etl_run_query(&r,
+				  "SELECT h.* FROM unnest($1, $2, $3) AS c (k, lo, hi)"
+				  "  JOIN iotpipe_dw.fact_sensor_hourly h"
+				  "    ON h.sensor_key = c.k AND h.hour_start >= c.lo AND h.hour_start < c.hi",
+				  3, types, vals, nulls);
 }
 
 /*
  * iotpipe._etl_emit(full bool)
- *   RETURNS TABLE (facts_new bigint, facts_changed bigint, hours bigint)
+ *   RETURNS TABLE (facts_new bigint, facts_changed bigint, hours bigint,
+ *                  days bigint)
  */
 Datum
 iotpipe_etl_emit(PG_FUNCTION_ARGS)
@@ -1280,9 +1396,10 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 	EtlState   *st = etl_state_get(false);
 	EtlEmit		e;
 	TupleDesc	tupdesc;
-	Datum		out[3];
-	bool		onull[3] = {false, false, false};
+	Datum		out[4];
+	bool		onull[4] = {false, false, false, false};
 	MemoryContext old;
+	TimestampTz t[6];
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "iotpipe etl: return type must be a row type");
@@ -1290,7 +1407,9 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 	SPI_connect();
 	old = MemoryContextSwitchTo(st->cxt);
 
+	t[0] = GetCurrentTimestamp();
 	etl_load_versions(st);
+	t[1] = GetCurrentTimestamp();
 	for (int i = 0; i < st->nsensors; i++)
 	{
 		EtlSensor  *s = &st->sensors[i];
@@ -1298,6 +1417,7 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		qsort(s->rows, s->nrows, sizeof(EtlRow), etl_row_cmp);
 	}
+	t[2] = GetCurrentTimestamp();
 	if (!full)
 	{
 		int64		before = st->nrows;
@@ -1308,19 +1428,22 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 				qsort(st->sensors[i].rows, st->sensors[i].nrows, sizeof(EtlRow), etl_row_cmp);
 	}
 
+	t[3] = GetCurrentTimestamp();
 	memset(&e, 0, sizeof(e));
 	e.full = full;
 	e.fcap = 1024;
 	e.f = palloc(sizeof(EtlFact) * e.fcap);
 	e.hcap = 1024;
 	e.h = palloc(sizeof(EtlHour) * e.hcap);
+	e.old_hours = st->old_hours;
 	etl_writer_open(&e.facts, "iotpipe_dw", "fact_reading", fact_columns, FACT_NATTS);
-	if (full)
-		etl_writer_open(&e.hourly, "iotpipe_dw", "fact_sensor_hourly", hourly_columns, HOURLY_NATTS);
-	else
+	etl_writer_open(&e.hourly, "iotpipe_dw", "fact_sensor_hourly", hourly_columns, HOURLY_NATTS);
+	if (!full)
 	{
 		etl_writer_open(&e.changed, "iotpipe", "etl_stage_facts", fact_columns, FACT_NATTS);
-		etl_writer_open(&e.hourly, "iotpipe", "etl_stage_hourly", hourly_columns, HOURLY_NATTS);
+		etl_writer_open(&e.hours_changed, "iotpipe", "etl_stage_hourly", hourly_columns,
+						HOURLY_NATTS);
+		etl_writer_open(&e.days, "iotpipe", "etl_stage_days", days_columns, DAYS_NATTS);
 	}
 
 	for (int i = 0; i < st->nsensors; i++)
@@ -1344,10 +1467,20 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 		}
 	}
 
+	t[4] = GetCurrentTimestamp();
 	etl_writer_close(&e.facts);
 	etl_writer_close(&e.hourly);
 	if (!full)
+	{
 		etl_writer_close(&e.changed);
+		etl_writer_close(&e.hours_changed);
+		etl_writer_close(&e.days);
+	}
+	t[5] = GetCurrentTimestamp();
+	elog(DEBUG1, "iotpipe etl: %ld readings; versions %.1f ms, sort %.1f ms, context %.1f ms, "
+		 "transform and write %.1f ms, close %.1f ms",
+		 (long) st->nrows, (t[1] - t[0]) / 1000.0, (t[2] - t[1]) / 1000.0,
+		 (t[3] - t[2]) / 1000.0, (t[4] - t[3]) / 1000.0, (t[5] - t[4]) / 1000.0);
 
 	MemoryContextSwitchTo(old);
 	SPI_finish();
@@ -1357,5 +1490,6 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 	out[0] = Int64GetDatum(e.facts_new);
 	out[1] = Int64GetDatum(e.facts_changed);
 	out[2] = Int64GetDatum(e.hours);
+	out[3] = Int64GetDatum(e.ndays);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), out, onull)));
 }

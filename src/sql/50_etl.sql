@@ -174,7 +174,7 @@ COMMENT ON TABLE iotpipe.etl_pending IS 'raw readings already seen by the ETL bu
 CREATE UNLOGGED TABLE iotpipe.etl_stage_facts (LIKE iotpipe_dw.fact_reading);
 CREATE UNLOGGED TABLE iotpipe.etl_stage_hourly (LIKE iotpipe_dw.fact_sensor_hourly);
 CREATE UNLOGGED TABLE iotpipe.etl_stage_days (
-    sensor_key int NOT NULL, date_key int NOT NULL);
+    sensor_key int NOT NULL, date_key int NOT NULL, day_start timestamptz NOT NULL);
 
 -- Lets the ETL find the rows of recent transactions without reading every
 -- partition: BRIN is a few pages per partition and nearly free at ingest.
@@ -221,7 +221,8 @@ CREATE FUNCTION iotpipe._etl_collect(cand text, lo bigint, snap pg_snapshot, pre
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'iotpipe_etl_collect';
 CREATE FUNCTION iotpipe._etl_emit(full_load bool,
-                                  OUT facts_new bigint, OUT facts_changed bigint, OUT hours bigint)
+                                  OUT facts_new bigint, OUT facts_changed bigint, OUT hours bigint,
+                                  OUT days bigint)
     LANGUAGE c VOLATILE STRICT
     AS 'MODULE_PATHNAME', 'iotpipe_etl_emit';
 
@@ -328,25 +329,33 @@ BEGIN
     -- never split history.  Versions cover event time without gaps.
     CREATE TEMP TABLE etl_sensors ON COMMIT DROP AS
     SELECT s.sensor_id,
-           cur.sensor_key, cur.version, cur.location_key AS cur_loc,
-           coalesce(greatest(cur.valid_from,
-                             (SELECT max(f.ts) FROM iotpipe_dw.fact_reading f
-                               WHERE f.sensor_key = cur.sensor_key)), '-infinity') AS hwm,
+           cur.sensor_key, cur.version, cur.location_key AS cur_loc, cur.valid_from,
            count(DISTINCT s.location) AS nloc,
-           min(l.location_key) AS one_loc
+           min(l.location_key) AS one_loc,
+           coalesce(bool_or(l.location_key <> cur.location_key), false) AS other_loc
       FROM etl_summary s
       LEFT JOIN iotpipe_dw.dim_sensor cur ON cur.sensor_id = s.sensor_id AND cur.is_current
       LEFT JOIN iotpipe_dw.dim_location l ON l.location = s.location
      GROUP BY s.sensor_id, cur.sensor_key, cur.version, cur.location_key, cur.valid_from;
-    -- sensors whose new readings may carry a change: looked at in order
+    -- sensors whose new readings may carry a change, looked at in order:
+    -- new sensors with several locations, and known sensors reporting
+    -- another location later than every reading loaded for them (their
+    -- high-water mark, hwm)
     CREATE TEMP TABLE etl_seq_sensors ON COMMIT DROP AS
-    SELECT se.* FROM etl_sensors se
-     WHERE (se.sensor_key IS NULL AND se.nloc > 1)
-        OR (se.sensor_key IS NOT NULL AND EXISTS (
-                SELECT FROM etl_summary s
-                  JOIN iotpipe_dw.dim_location l ON l.location = s.location
-                 WHERE s.sensor_id = se.sensor_id AND l.location_key <> se.cur_loc
-                   AND s.max_ts > se.hwm));
+    SELECT x.* FROM (
+        SELECT se.*,
+               CASE WHEN se.sensor_key IS NULL THEN '-infinity'::timestamptz
+                    ELSE coalesce(greatest(se.valid_from,
+                                           (SELECT max(f.ts) FROM iotpipe_dw.fact_reading f
+                                             WHERE f.sensor_key = se.sensor_key)), '-infinity')
+               END AS hwm
+          FROM etl_sensors se
+         WHERE (se.sensor_key IS NULL AND se.nloc > 1) OR se.other_loc) x
+     WHERE x.sensor_key IS NULL
+        OR EXISTS (SELECT FROM etl_summary s
+                     JOIN iotpipe_dw.dim_location l ON l.location = s.location
+                    WHERE s.sensor_id = x.sensor_id AND l.location_key <> x.cur_loc
+                      AND s.max_ts > x.hwm);
     CREATE TEMP TABLE etl_changes (sensor_id text, ts timestamptz, location_key int) ON COMMIT DROP;
     IF EXISTS (SELECT FROM etl_seq_sensors) THEN
         EXECUTE 'INSERT INTO etl_changes'
@@ -407,9 +416,10 @@ BEGIN
     PERFORM iotpipe._etl_progress(run.run_id,
         CASE WHEN full_load THEN 'loading facts (full)' ELSE 'loading facts' END, t0);
     -- a full load writes facts and hours straight into the warehouse; an
-    -- incremental run writes new facts into fact_reading and stages the
-    -- facts it changes (another winner, more copies, other flags) and the
-    -- hours it recomputes (the touched ones and their neighbours)
+    -- incremental run recomputes the touched hours and their neighbours,
+    -- writes new facts and hours into the warehouse and stages the ones it
+    -- changes (another winner, more copies, other flags, other statistics)
+    -- and the days whose roll-up they change
     SELECT * INTO emitted FROM iotpipe._etl_emit(full_load);
 
     IF full_load THEN
@@ -428,35 +438,19 @@ BEGIN
                ingest_xid = s.ingest_xid
           FROM iotpipe.etl_stage_facts s
          WHERE f.sensor_key = s.sensor_key AND f.ts = s.ts;
+        UPDATE iotpipe_dw.fact_sensor_hourly h
+           SET readings = s.readings, temperature_n = s.temperature_n,
+               temperature_avg = s.temperature_avg, temperature_min = s.temperature_min,
+               temperature_max = s.temperature_max, temperature_stddev = s.temperature_stddev,
+               humidity_n = s.humidity_n, humidity_avg = s.humidity_avg,
+               humidity_min = s.humidity_min, humidity_max = s.humidity_max,
+               humidity_stddev = s.humidity_stddev, anomalies = s.anomalies,
+               outliers = s.outliers, stuck = s.stuck, duplicates = s.duplicates
+          FROM iotpipe.etl_stage_hourly s
+         WHERE h.sensor_key = s.sensor_key AND h.hour_start = s.hour_start;
         run.rows_written := emitted.facts_new + emitted.facts_changed;
-        WITH hourly AS (
-            INSERT INTO iotpipe_dw.fact_sensor_hourly AS h
-            SELECT * FROM iotpipe.etl_stage_hourly
-            ON CONFLICT (sensor_key, hour_start) DO UPDATE
-               SET readings = excluded.readings, temperature_n = excluded.temperature_n,
-                   temperature_avg = excluded.temperature_avg, temperature_min = excluded.temperature_min,
-                   temperature_max = excluded.temperature_max, temperature_stddev = excluded.temperature_stddev,
-                   humidity_n = excluded.humidity_n, humidity_avg = excluded.humidity_avg,
-                   humidity_min = excluded.humidity_min, humidity_max = excluded.humidity_max,
-                   humidity_stddev = excluded.humidity_stddev, anomalies = excluded.anomalies,
-                   outliers = excluded.outliers, stuck = excluded.stuck, duplicates = excluded.duplicates
-             WHERE (h.readings, h.temperature_n, h.temperature_avg, h.temperature_min, h.temperature_max,
-                    h.temperature_stddev, h.humidity_n, h.humidity_avg, h.humidity_min, h.humidity_max,
-                    h.humidity_stddev, h.anomalies, h.outliers, h.stuck, h.duplicates)
-                   IS DISTINCT FROM
-                   (excluded.readings, excluded.temperature_n, excluded.temperature_avg,
-                    excluded.temperature_min, excluded.temperature_max, excluded.temperature_stddev,
-                    excluded.humidity_n, excluded.humidity_avg, excluded.humidity_min,
-                    excluded.humidity_max, excluded.humidity_stddev, excluded.anomalies,
-                    excluded.outliers, excluded.stuck, excluded.duplicates)
-            RETURNING h.sensor_key, h.date_key
-        ),
-        days AS (
-            INSERT INTO iotpipe.etl_stage_days SELECT DISTINCT sensor_key, date_key FROM hourly
-            RETURNING 1
-        )
-        SELECT (SELECT count(*) FROM hourly), (SELECT count(*) FROM days)
-          INTO run.hours_refreshed, run.days_refreshed;
+        run.hours_refreshed := emitted.hours;
+        run.days_refreshed := emitted.days;
     END IF;
 
     ---------------------------------------------------------------- daily roll-up
@@ -480,9 +474,14 @@ BEGIN
                        + h.humidity_n * h.humidity_avg ^ 2) AS h_q,
                    min(h.humidity_min) AS h_min, max(h.humidity_max) AS h_max,
                    sum(h.anomalies) AS anomalies, sum(h.duplicates) AS duplicates
-              FROM iotpipe_dw.fact_sensor_hourly h
-             WHERE full_load
-                OR (h.sensor_key, h.date_key) IN (SELECT sensor_key, date_key FROM iotpipe.etl_stage_days)
+              FROM (SELECT h.* FROM iotpipe_dw.fact_sensor_hourly h WHERE full_load
+                    UNION ALL
+                    -- the days touched, through the primary key
+                    SELECT h.* FROM iotpipe.etl_stage_days sd
+                      JOIN iotpipe_dw.fact_sensor_hourly h
+                        ON h.sensor_key = sd.sensor_key AND h.hour_start >= sd.day_start
+                       AND h.hour_start < sd.day_start + interval '1 day'
+                     WHERE NOT full_load) h
              GROUP BY h.sensor_key, h.date_key) a
     ON CONFLICT (sensor_key, date_key) DO UPDATE
        SET location_key = excluded.location_key, readings = excluded.readings,
