@@ -178,8 +178,10 @@ CREATE UNLOGGED TABLE iotpipe.etl_stage_days (
 
 -- Lets the ETL find the rows of recent transactions without reading every
 -- partition: BRIN is a few pages per partition and nearly free at ingest.
+-- Small ranges: VACUUM leaves each partition's last, partial range
+-- unsummarized, and an incremental run reads every unsummarized range.
 CREATE INDEX readings_ingest_xid_brin ON iotpipe.readings
-    USING brin (((ingest_xid::text)::bigint)) WITH (pages_per_range = 32);
+    USING brin (((ingest_xid::text)::bigint)) WITH (pages_per_range = 8);
 
 ------------------------------------------------------------------------------
 -- Helpers
@@ -509,10 +511,11 @@ CREATE FUNCTION iotpipe.run_etl(until timestamptz DEFAULT NULL) RETURNS iotpipe.
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    -- a full load sorts every reading once: keep it in memory (an
-    -- incremental run uses a fraction); change with ALTER FUNCTION ... SET
-    SET work_mem = '1GB'
-    -- and builds the fact indexes once
+    -- the readings are held by src/etl.c, not by executor sorts; work_mem
+    -- serves the daily roll-up of a full load (one group per sensor-day)
+    SET work_mem = '64MB'
+    -- a full load builds the fact indexes once: sort them in memory;
+    -- change with ALTER FUNCTION ... SET
     SET maintenance_work_mem = '1GB'
 AS
 $$
