@@ -319,7 +319,10 @@ def main():
                 pandas_t.append(timed(lambda: pandas_etl(dsn)))
                 print(f"  pandas {pandas_t[-1]:.2f} s", flush=True)
             # the two transforms agree
-            diff = None if not pandas_t else c.execute("""
+            diff = (
+                None
+                if not pandas_t
+                else c.execute("""
                 SELECT count(*) FROM (
                   SELECT d.sensor_id, h.hour_start, h.readings, h.anomalies, h.duplicates,
                          round(h.temperature_avg::numeric, 6)
@@ -327,6 +330,7 @@ def main():
                   EXCEPT
                   SELECT sensor_id, hour_start, readings, anomalies, duplicates, round(t_avg::numeric, 6)
                     FROM bench_pandas_hourly) x""").fetchone()[0]
+            )
             if diff is not None:
                 print(f"  hourly rows where pandas and run_etl disagree: {diff}")
 
