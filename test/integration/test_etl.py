@@ -5,6 +5,11 @@
   held open across ETL runs, rolled-back transactions) while run_etl() runs in
   a loop; afterwards the warehouse equals an aggregation of the raw table
   computed from scratch, and a rebuild from scratch gives the same warehouse.
+- test_flags_match_sql_reference: readings arriving in four shuffled parts
+  (late data, duplicates, a transaction with an older xid committing last,
+  stuck runs, spikes, gaps, NULLs, a sensor that moves), one run_etl() per
+  part: every fact and its flags, and the hourly flag counts, equal an
+  independent set-based SQL computation of the contract from the raw table.
 - test_warehouse_doc_queries: every ```sql block of docs/warehouse.md runs
   against a loaded warehouse and returns rows.
 """
@@ -180,6 +185,189 @@ def test_concurrent_ingest_exactly_once(db):
             ).fetchall()
         )
         == hourly
+    )
+
+
+# The contract of docs/warehouse.md written as plain SQL, from the raw table
+# and dim_sensor: dedup (first ingested wins), the leave-one-out outlier test
+# over the hour and its neighbours, the stuck test over the four previous
+# readings.  An oracle for src/etl.c, which computes the same in one loop.
+REFERENCE_FACTS = """
+WITH keyed AS (
+    SELECT d.sensor_key, r.ts, r.temperature, r.humidity, r.ingest_xid, r.ctid AS ord
+      FROM iotpipe.readings r
+      JOIN iotpipe_dw.dim_sensor d
+        ON d.sensor_id = r.sensor_id AND r.ts >= d.valid_from AND r.ts < d.valid_to
+     WHERE r.sensor_id LIKE %(prefix)s
+), dedup AS (
+    SELECT DISTINCT ON (sensor_key, ts) sensor_key, ts, temperature, humidity, ingest_xid,
+           count(*) OVER (PARTITION BY sensor_key, ts) AS copies
+      FROM keyed
+     ORDER BY sensor_key, ts, ingest_xid, ord
+), hours AS (
+    SELECT sensor_key, date_trunc('hour', ts, 'UTC') AS h,
+           count(temperature) AS tn, coalesce(sum(temperature), 0) AS ts_,
+           coalesce(sum(temperature * temperature), 0) AS tq,
+           count(humidity) AS hn, coalesce(sum(humidity), 0) AS hs_,
+           coalesce(sum(humidity * humidity), 0) AS hq
+      FROM dedup GROUP BY 1, 2
+), win AS (
+    SELECT a.sensor_key, a.h, sum(b.tn) AS tn, sum(b.ts_) AS ts_, sum(b.tq) AS tq,
+           sum(b.hn) AS hn, sum(b.hs_) AS hs_, sum(b.hq) AS hq
+      FROM hours a
+      JOIN hours b ON b.sensor_key = a.sensor_key
+                  AND b.h BETWEEN a.h - interval '1 hour' AND a.h + interval '1 hour'
+     GROUP BY 1, 2
+), lagged AS (
+    SELECT d.*,
+           (lag(d.ts, 4) OVER s >= d.ts - interval '1 hour'
+            AND d.temperature IS NOT DISTINCT FROM lag(d.temperature, 1) OVER s
+            AND d.temperature IS NOT DISTINCT FROM lag(d.temperature, 2) OVER s
+            AND d.temperature IS NOT DISTINCT FROM lag(d.temperature, 3) OVER s
+            AND d.temperature IS NOT DISTINCT FROM lag(d.temperature, 4) OVER s
+            AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 1) OVER s
+            AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 2) OVER s
+            AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 3) OVER s
+            AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 4) OVER s) IS TRUE AS stuck
+      FROM dedup d
+    WINDOW s AS (PARTITION BY d.sensor_key ORDER BY d.ts)
+)
+SELECT l.sensor_key, l.ts, l.temperature, l.humidity, l.copies::int, l.ingest_xid::text,
+       coalesce(l.temperature IS NOT NULL AND w.tn >= 6
+                AND abs(l.temperature - (w.ts_ - l.temperature) / (w.tn - 1))
+                    > 4 * greatest(sqrt(greatest((w.tq - l.temperature ^ 2
+                                                  - (w.ts_ - l.temperature) ^ 2 / (w.tn - 1))
+                                                 / (w.tn - 2), 0)), 0.1), false)
+       OR coalesce(l.humidity IS NOT NULL AND w.hn >= 6
+                AND abs(l.humidity - (w.hs_ - l.humidity) / (w.hn - 1))
+                    > 4 * greatest(sqrt(greatest((w.hq - l.humidity ^ 2
+                                                  - (w.hs_ - l.humidity) ^ 2 / (w.hn - 1))
+                                                 / (w.hn - 2), 0)), 0.1), false) AS outlier,
+       l.stuck
+  FROM lagged l
+  JOIN win w ON w.sensor_key = l.sensor_key AND w.h = date_trunc('hour', l.ts, 'UTC')
+"""
+
+LOADED_FACTS = """
+SELECT f.sensor_key, f.ts, f.temperature, f.humidity, f.copies, f.ingest_xid::text,
+       f.is_outlier, f.is_stuck
+  FROM iotpipe_dw.fact_reading f JOIN iotpipe_dw.dim_sensor s USING (sensor_key)
+ WHERE s.sensor_id LIKE %(prefix)s
+"""
+
+# a day of six sensors, one reading a minute; part = arrival order
+REF_READINGS = """
+INSERT INTO iotpipe.readings (sensor_id, ts, temperature, humidity, location)
+SELECT 'ref-' || s,
+       timestamptz '2026-06-01 00:00+00' + i * interval '1 minute',
+       CASE WHEN s = 2 AND i BETWEEN 300 AND 310 THEN 21.25          -- stuck 11 readings
+            WHEN s = 4 AND i BETWEEN 900 AND 903 THEN 23.5           -- only 4: not stuck
+            ELSE round((18 + s + 2 * sin(i / 229.0) + (hashint4(i * 31 + s) %% 100) / 250.0
+                        + CASE WHEN hashint4(i + s * 7919) %% 150 = 0 THEN 9 ELSE 0 END)::numeric, 2)
+       END,
+       CASE WHEN s = 2 AND i BETWEEN 300 AND 310 THEN 44
+            WHEN s = 4 AND i BETWEEN 900 AND 903 THEN 41
+            WHEN hashint4(i * 3 + s) %% 97 = 0 THEN NULL
+            ELSE round((50 + (hashint4(i + s) %% 100) / 40.0
+                        - CASE WHEN hashint4(i * 11 + s) %% 180 = 0 THEN 20 ELSE 0 END)::numeric, 2)
+       END,
+       CASE WHEN s = 6 AND i >= 700 THEN 'ref/b' ELSE 'ref/a' END
+  FROM generate_series(1, 6) s, generate_series(0, 1439) i
+ WHERE abs(hashint4(i * 7 + s)) %% 4 = %(part)s
+   AND NOT (s = 3 AND (i / 60) %% 7 = 3)                            -- whole hours missing
+"""
+
+
+def test_flags_match_sql_reference(db):
+    prefix = "ref-"
+    p = {"prefix": prefix + "%"}
+    db.execute("SET client_min_messages = warning")
+    db.execute("SELECT iotpipe.reset_warehouse()")
+    db.execute("DELETE FROM iotpipe.readings WHERE sensor_id LIKE %(prefix)s", p)
+    db.execute("SELECT iotpipe.create_partitions('2026-06-01', '2026-06-02')")
+    older = connect(autocommit=False)
+    try:
+        older_xid = None
+        for part in range(4):
+            if part == 2:
+                # a transaction that started earlier (smaller xid) commits last
+                older_xid = older.execute(
+                    "SELECT pg_current_xact_id()::text"
+                ).fetchone()[0]
+            db.execute(REF_READINGS, {"part": part})
+            if part >= 1:
+                # copies of earlier readings, arriving later with other values
+                db.execute(
+                    "INSERT INTO iotpipe.readings (sensor_id, ts, temperature, humidity, location)"
+                    " SELECT sensor_id, ts, temperature + 0.5, humidity, location"
+                    "   FROM iotpipe.readings"
+                    "  WHERE sensor_id LIKE %(prefix)s AND ingest_xid <> pg_current_xact_id()"
+                    "    AND hashint4(extract(epoch FROM ts)::int + %(part)s) %% 40 = 0",
+                    {**p, "part": part},
+                )
+            if part == 2:
+                # the older transaction re-sends some of part 2 with other values: it wins
+                older.execute(
+                    "INSERT INTO iotpipe.readings (sensor_id, ts, temperature, humidity, location)"
+                    " SELECT sensor_id, ts, temperature - 3, humidity, location"
+                    "   FROM iotpipe.readings"
+                    "  WHERE sensor_id LIKE %(prefix)s AND hashint4(extract(epoch FROM ts)::int) %% 25 = 0",
+                    p,
+                )
+            run = db.execute("SELECT status, error FROM iotpipe.run_etl()").fetchone()
+            assert run == ("ok", None)
+            if part == 2:
+                older.commit()
+                run = db.execute(
+                    "SELECT status, rows_written FROM iotpipe.run_etl()"
+                ).fetchone()
+                assert run[0] == "ok" and run[1] > 0
+    finally:
+        older.close()
+
+    loaded = set(db.execute(LOADED_FACTS, p).fetchall())
+    reference = set(db.execute(REFERENCE_FACTS, p).fetchall())
+    assert loaded == reference, (
+        sorted(loaded - reference)[:5],
+        sorted(reference - loaded)[:5],
+    )
+
+    # the data exercised every rule
+    assert sum(1 for f in loaded if f[6]) >= 20, "outliers"
+    assert sum(1 for f in loaded if f[7]) >= 3, "stuck runs"
+    assert sum(1 for f in loaded if f[4] > 1) >= 50, "duplicates"
+    assert (
+        sum(1 for f in loaded if f[5] == older_xid) >= 10
+    ), "the older transaction's copies won"
+    assert sum(1 for f in loaded if f[3] is None) >= 20, "NULL humidities"
+    versions = db.execute(
+        "SELECT count(*) FROM iotpipe_dw.dim_sensor WHERE sensor_id = 'ref-6'"
+    ).fetchone()[0]
+    assert versions == 2
+
+    # and the hourly rows count the flags of their facts
+    hourly = set(
+        db.execute(
+            "SELECT h.sensor_key, h.hour_start, h.readings, h.anomalies, h.outliers, h.stuck,"
+            "       h.duplicates"
+            "  FROM iotpipe_dw.fact_sensor_hourly h JOIN iotpipe_dw.dim_sensor s USING (sensor_key)"
+            " WHERE s.sensor_id LIKE %(prefix)s",
+            p,
+        ).fetchall()
+    )
+    expected = set(
+        db.execute(
+            "SELECT sensor_key, date_trunc('hour', ts, 'UTC'), count(*)::int,"
+            "       count(*) FILTER (WHERE outlier OR stuck)::int,"
+            "       count(*) FILTER (WHERE outlier)::int, count(*) FILTER (WHERE stuck)::int,"
+            "       count(*) FILTER (WHERE copies > 1)::int"
+            "  FROM (" + REFERENCE_FACTS + ") r GROUP BY 1, 2",
+            p,
+        ).fetchall()
+    )
+    assert hourly == expected, (
+        sorted(hourly - expected)[:5],
+        sorted(expected - hourly)[:5],
     )
 
 
