@@ -170,6 +170,22 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT rows_read FROM iotpipe.run_etl();
 ROLLBACK;
 
+-- a warehouse table altered by hand: the run fails with the reason, keeps
+-- nothing, and the next run after the repair takes the same readings; a
+-- dropped column is fine, for incremental and full loads alike
+SELECT count(*) AS facts_before FROM iotpipe_dw.fact_reading \gset
+ALTER TABLE iotpipe_dw.fact_reading ADD COLUMN note text;
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+ '{"sensor_id":"etl-a","ts":"2026-03-01T17:00:00Z","temperature":21.5,"humidity":40.0,"location":"plant-a/line-1"}']);
+SELECT status, rows_read, error FROM iotpipe.run_etl();
+ALTER TABLE iotpipe_dw.fact_reading DROP COLUMN note;
+SELECT status, rows_read, rows_written FROM iotpipe.run_etl();
+SELECT count(*) = :facts_before + 1 AS one_more FROM iotpipe_dw.fact_reading;
+SELECT md5 AS altered FROM digest \gset
+SELECT iotpipe.reset_warehouse();
+SELECT status, rows_written FROM iotpipe.run_etl();
+SELECT md5 = :'altered' AS rebuilt_same FROM digest;
+
 -- retention: only processed partitions older than the retention go
 SELECT iotpipe.create_partitions('2026-01-10', '2026-01-11');
 SELECT * FROM iotpipe.ingest_json(ARRAY[
@@ -184,3 +200,4 @@ SELECT to_regclass('iotpipe.readings_p20260110') IS NULL AS gone,
        to_regclass('iotpipe.readings_p20260301') IS NOT NULL AS newer_kept;
 -- the warehouse keeps what the raw table no longer has
 SELECT count(*) FROM iotpipe_dw.fact_reading f WHERE f.ts = '2026-01-10 12:00+00';
+

@@ -183,6 +183,8 @@ typedef struct EtlWriter
 	BulkInsertState bis;
 	CommandId	cid;
 	int			options;
+	int			ncols;			/* the columns iotpipe writes */
+	int			attmap[HOURLY_NATTS];	/* their positions in the table */
 	TupleTableSlot *slots[WRITER_BATCH];
 	int			nslots;
 	int			n;
@@ -687,25 +689,43 @@ etl_writer_open(EtlWriter *w, const char *schema, const char *table,
 	memset(w, 0, sizeof(*w));
 	w->rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(w->rel);
-	if (desc->natts != ncols)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table %s.%s does not have the columns iotpipe expects", schema, table),
-				 errdetail("It has %d columns; iotpipe writes %d.", desc->natts, ncols),
-				 errhint("Do not alter iotpipe's warehouse tables; create views or other tables instead.")));
-	for (int i = 0; i < ncols; i++)
-	{
-		Form_pg_attribute a = TupleDescAttr(desc, i);
+	w->ncols = ncols;
 
-		if (a->attisdropped || a->atttypid != cols[i].type ||
-			strcmp(NameStr(a->attname), cols[i].name) != 0)
+	/*
+	 * Match the columns by name and type; dropped columns are skipped (left
+	 * NULL), any other column is an error: these rows bypass the executor,
+	 * so there is nobody to compute a default or check a constraint.
+	 */
+	for (int i = 0; i < ncols; i++)
+		w->attmap[i] = -1;
+	for (int j = 0; j < desc->natts; j++)
+	{
+		Form_pg_attribute a = TupleDescAttr(desc, j);
+		int			i;
+
+		if (a->attisdropped)
+			continue;
+		for (i = 0; i < ncols; i++)
+			if (strcmp(NameStr(a->attname), cols[i].name) == 0)
+				break;
+		if (i == ncols || a->atttypid != cols[i].type)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("table %s.%s does not have the columns iotpipe expects", schema, table),
-					 errdetail("Column %d should be \"%s\" of type %s.", i + 1, cols[i].name,
+					 i == ncols ?
+					 errdetail("Column \"%s\" is not one of iotpipe's.", NameStr(a->attname)) :
+					 errdetail("Column \"%s\" should be of type %s.", cols[i].name,
 							   format_type_be(cols[i].type)),
 					 errhint("Do not alter iotpipe's warehouse tables; create views or other tables instead.")));
+		w->attmap[i] = j;
 	}
+	for (int i = 0; i < ncols; i++)
+		if (w->attmap[i] < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table %s.%s does not have the columns iotpipe expects", schema, table),
+					 errdetail("Column \"%s\" is missing.", cols[i].name),
+					 errhint("Reinstall the iotpipe extension, or run iotpipe.reset_warehouse() after restoring the column.")));
 
 	w->estate = CreateExecutorState();
 	w->rri = makeNode(ResultRelInfo);
@@ -753,16 +773,27 @@ etl_writer_flush(EtlWriter *w)
 	w->n = 0;
 }
 
-static TupleTableSlot *
-etl_writer_next(EtlWriter *w)
+/* add one row, its columns in the order of the writer's column list */
+static void
+etl_writer_put(EtlWriter *w, const Datum *val, const bool *nul)
 {
 	TupleTableSlot *slot;
+	int			natts;
 
 	if (w->n == w->nslots)
 		etl_writer_flush(w);
 	slot = w->slots[w->n++];
 	ExecClearTuple(slot);
-	return slot;
+	natts = slot->tts_tupleDescriptor->natts;
+	if (natts != w->ncols)
+		for (int j = 0; j < natts; j++)
+			slot->tts_isnull[j] = true; /* dropped columns */
+	for (int i = 0; i < w->ncols; i++)
+	{
+		slot->tts_values[w->attmap[i]] = val[i];
+		slot->tts_isnull[w->attmap[i]] = nul[i];
+	}
+	ExecStoreVirtualTuple(slot);
 }
 
 static int64
@@ -908,14 +939,13 @@ static void
 etl_put_fact(EtlEmit *e, EtlWriter *w, const EtlVersion *v, const EtlRow *row,
 			 const EtlFact *f)
 {
-	TupleTableSlot *slot = etl_writer_next(w);
-	Datum	   *val = slot->tts_values;
-	bool	   *nul = slot->tts_isnull;
+	Datum		val[FACT_NATTS];
+	bool		nul[FACT_NATTS];
 	int32		date_key;
 	int			minute;
 
 	etl_date_parts(row->ts, &date_key, &minute);
-	memset(nul, 0, sizeof(bool) * FACT_NATTS);
+	memset(nul, 0, sizeof(nul));
 	val[0] = Int32GetDatum(v->key);
 	val[1] = TimestampTzGetDatum(row->ts);
 	val[2] = Int32GetDatum(date_key);
@@ -930,7 +960,7 @@ etl_put_fact(EtlEmit *e, EtlWriter *w, const EtlVersion *v, const EtlRow *row,
 	val[9] = BoolGetDatum(f->outlier);
 	val[10] = BoolGetDatum(f->stuck);
 	val[11] = FullTransactionIdGetDatum(FullTransactionIdFromU64(row->xid));
-	ExecStoreVirtualTuple(slot);
+	etl_writer_put(w, val, nul);
 }
 
 static void
@@ -941,7 +971,6 @@ etl_put_hour(EtlEmit *e, const EtlVersion *v, const EtlHour *h)
 	int32		date_key;
 	int			minute;
 	EtlWriter  *w = &e->hourly;
-	TupleTableSlot *slot;
 
 	etl_date_parts(h->start, &date_key, &minute);
 	memset(nul, 0, sizeof(nul));
@@ -1002,21 +1031,19 @@ etl_put_hour(EtlEmit *e, const EtlVersion *v, const EtlHour *h)
 			w = &e->hours_changed;
 		}
 	}
-	slot = etl_writer_next(w);
-	memcpy(slot->tts_values, val, sizeof(val));
-	memcpy(slot->tts_isnull, nul, sizeof(nul));
-	ExecStoreVirtualTuple(slot);
+	etl_writer_put(w, val, nul);
 	e->hours++;
 
 	/* the days whose roll-up this changes */
 	if (!e->full && (e->ndays == 0 || e->last_day_key != v->key || e->last_day != date_key))
 	{
-		slot = etl_writer_next(&e->days);
-		slot->tts_values[0] = Int32GetDatum(v->key);
-		slot->tts_values[1] = Int32GetDatum(date_key);
-		slot->tts_values[2] = TimestampTzGetDatum(h->start - (TimestampTz) (minute / 60) * USECS_PER_HOUR);
-		memset(slot->tts_isnull, 0, sizeof(bool) * DAYS_NATTS);
-		ExecStoreVirtualTuple(slot);
+		Datum		dval[DAYS_NATTS];
+		bool		dnul[DAYS_NATTS] = {false, false, false};
+
+		dval[0] = Int32GetDatum(v->key);
+		dval[1] = Int32GetDatum(date_key);
+		dval[2] = TimestampTzGetDatum(h->start - (TimestampTz) (minute / 60) * USECS_PER_HOUR);
+		etl_writer_put(&e->days, dval, dnul);
 		e->last_day_key = v->key;
 		e->last_day = date_key;
 		e->ndays++;
