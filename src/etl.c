@@ -1064,11 +1064,6 @@ etl_segment(EtlEmit *e, const EtlVersion *v, EtlRow *rows, int64 lo, int64 hi)
 		e->fcap = Max(hi - lo, e->fcap * 2);
 		e->f = repalloc_huge(e->f, sizeof(EtlFact) * e->fcap);
 	}
-	if (hi - lo > e->hcap)
-	{
-		e->hcap = Max(hi - lo, e->hcap * 2);
-		e->h = repalloc_huge(e->h, sizeof(EtlHour) * e->hcap);
-	}
 	f = e->f;
 	h = e->h;
 
@@ -1095,7 +1090,16 @@ etl_segment(EtlEmit *e, const EtlVersion *v, EtlRow *rows, int64 lo, int64 hi)
 
 			if (nh == 0 || h[nh - 1].start != hs)
 			{
-				EtlHour    *nhour = &h[nh++];
+				EtlHour    *nhour;
+
+				/* hours are far fewer than readings: grow as they come */
+				if (nh == e->hcap)
+				{
+					e->hcap *= 2;
+					e->h = repalloc_huge(e->h, sizeof(EtlHour) * e->hcap);
+					h = e->h;
+				}
+				nhour = &h[nh++];
 
 				memset(nhour, 0, sizeof(EtlHour));
 				nhour->start = hs;
