@@ -15,10 +15,9 @@ Paths:
   kafka (default): confluent-kafka producer (linger.ms 1) into a topic of
       its own on a broker of its own (test/kafka, --kafka-port, 4
       partitions), consumed by iotpipe.kafka_start() workers (2 by default);
-      iotpipe.flush_interval is set to --flush-ms (10) and
-      iotpipe.kafka_poll_timeout to --poll-ms (5) for the run: the workers
-      wait that long for a full batch, and the defaults (50 ms, 100 ms) are
-      tuned for throughput.
+      iotpipe.flush_interval is set to --flush-ms and
+      iotpipe.kafka_poll_timeout to --poll-ms for the run (by default the
+      product's defaults, 10 ms and 100 ms).
   sql: the producer calls iotpipe.ingest_json() with each slice.
 
 Starts its own cluster unless --dsn is given.  Usage:
@@ -94,7 +93,10 @@ def main():
     )
     ap.add_argument("--flush-ms", type=int, default=10)
     ap.add_argument(
-        "--poll-ms", type=int, default=5, help="iotpipe.kafka_poll_timeout for the run"
+        "--poll-ms",
+        type=int,
+        default=100,
+        help="iotpipe.kafka_poll_timeout for the run",
     )
     ap.add_argument("--dsn", help="use this database instead of starting a cluster")
     ap.add_argument("--dir", default="/tmp/iotpipe-bench-latency")

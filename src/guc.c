@@ -12,7 +12,7 @@
 
 char	   *iotpipe_database = NULL;
 int			iotpipe_batch_size = 20000;
-int			iotpipe_flush_interval_ms = 20;
+int			iotpipe_flush_interval_ms = 10;
 int			iotpipe_etl_interval_s = 0;
 int			iotpipe_raw_retention_s = 0;
 int			iotpipe_partition_premake_days = 3;
@@ -58,7 +58,7 @@ iotpipe_guc_init(bool preloading)
 							"Longest time a worker holds a partial batch before writing it.",
 							"Lower values reduce latency; higher values make larger, cheaper batches.",
 							&iotpipe_flush_interval_ms,
-							20, 1, 60000,
+							10, 1, 60000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
