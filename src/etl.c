@@ -901,15 +901,28 @@ etl_outlier(double x, const double *s3)
 	return fabs(x - mean) > 4 * Max(sqrt(var), 0.1);
 }
 
+/*
+ * float8 order as PostgreSQL defines it (float8_cmp_internal): NaN equals
+ * NaN and sorts above every other value.  The contract rejects NaN and
+ * infinities, but rows inserted into iotpipe.readings by hand may hold them.
+ */
+static inline int
+etl_fcmp(double a, double b)
+{
+	if (unlikely(isnan(a) || isnan(b)))
+		return isnan(a) ? (isnan(b) ? 0 : 1) : -1;
+	return (a > b) - (a < b);
+}
+
 static inline bool
 etl_same_values(const EtlRow *a, const EtlRow *b)
 {
 	if ((a->flags & ROW_TEMP_NULL) != (b->flags & ROW_TEMP_NULL) ||
 		(a->flags & ROW_HUM_NULL) != (b->flags & ROW_HUM_NULL))
 		return false;
-	if (!(a->flags & ROW_TEMP_NULL) && a->temp != b->temp)
+	if (!(a->flags & ROW_TEMP_NULL) && etl_fcmp(a->temp, b->temp) != 0)
 		return false;
-	if (!(a->flags & ROW_HUM_NULL) && a->hum != b->hum)
+	if (!(a->flags & ROW_HUM_NULL) && etl_fcmp(a->hum, b->hum) != 0)
 		return false;
 	return true;
 }
@@ -1128,17 +1141,17 @@ etl_segment(EtlEmit *e, const EtlVersion *v, EtlRow *rows, int64 lo, int64 hi)
 
 			if (!(r->flags & ROW_TEMP_NULL))
 			{
-				if (hr->t[0] == 0 || r->temp < hr->tmin)
+				if (hr->t[0] == 0 || etl_fcmp(r->temp, hr->tmin) < 0)
 					hr->tmin = r->temp;
-				if (hr->t[0] == 0 || r->temp > hr->tmax)
+				if (hr->t[0] == 0 || etl_fcmp(r->temp, hr->tmax) > 0)
 					hr->tmax = r->temp;
 				etl_accum(hr->t, r->temp);
 			}
 			if (!(r->flags & ROW_HUM_NULL))
 			{
-				if (hr->h[0] == 0 || r->hum < hr->hmin)
+				if (hr->h[0] == 0 || etl_fcmp(r->hum, hr->hmin) < 0)
 					hr->hmin = r->hum;
-				if (hr->h[0] == 0 || r->hum > hr->hmax)
+				if (hr->h[0] == 0 || etl_fcmp(r->hum, hr->hmax) > 0)
 					hr->hmax = r->hum;
 				etl_accum(hr->h, r->hum);
 			}

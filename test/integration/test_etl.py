@@ -232,7 +232,7 @@ WITH keyed AS (
       FROM dedup d
     WINDOW s AS (PARTITION BY d.sensor_key ORDER BY d.ts)
 )
-SELECT l.sensor_key, l.ts, l.temperature, l.humidity, l.copies::int, l.ingest_xid::text,
+SELECT l.sensor_key, l.ts, l.temperature::text, l.humidity::text, l.copies::int, l.ingest_xid::text,
        coalesce(l.temperature IS NOT NULL AND w.tn >= 6
                 AND abs(l.temperature - (w.ts_ - l.temperature) / (w.tn - 1))
                     > 4 * greatest(sqrt(greatest((w.tq - l.temperature ^ 2
@@ -249,7 +249,7 @@ SELECT l.sensor_key, l.ts, l.temperature, l.humidity, l.copies::int, l.ingest_xi
 """
 
 LOADED_FACTS = """
-SELECT f.sensor_key, f.ts, f.temperature, f.humidity, f.copies, f.ingest_xid::text,
+SELECT f.sensor_key, f.ts, f.temperature::text, f.humidity::text, f.copies, f.ingest_xid::text,
        f.is_outlier, f.is_stuck
   FROM iotpipe_dw.fact_reading f JOIN iotpipe_dw.dim_sensor s USING (sensor_key)
  WHERE s.sensor_id LIKE %(prefix)s
@@ -261,6 +261,9 @@ INSERT INTO iotpipe.readings (sensor_id, ts, temperature, humidity, location)
 SELECT 'ref-' || s,
        timestamptz '2026-06-01 00:00+00' + i * interval '1 minute',
        CASE WHEN s = 2 AND i BETWEEN 300 AND 310 THEN 21.25          -- stuck 11 readings
+            -- not finite: the contract rejects these, a hand-made INSERT may not
+            WHEN s = 5 AND i %% 97 = 0 THEN 'NaN'
+            WHEN s = 5 AND i %% 89 = 0 THEN 'Infinity'
             WHEN s = 4 AND i BETWEEN 900 AND 903 THEN 23.5           -- only 4: not stuck
             ELSE round((18 + s + 2 * sin(i / 229.0) + (hashint4(i * 31 + s) %% 100) / 250.0
                         + CASE WHEN hashint4(i + s * 7919) %% 150 = 0 THEN 9 ELSE 0 END)::numeric, 2)
@@ -349,7 +352,8 @@ def test_flags_match_sql_reference(db):
     hourly = set(
         db.execute(
             "SELECT h.sensor_key, h.hour_start, h.readings, h.anomalies, h.outliers, h.stuck,"
-            "       h.duplicates"
+            "       h.duplicates, h.temperature_min::text, h.temperature_max::text,"
+            "       h.humidity_min::text, h.humidity_max::text"
             "  FROM iotpipe_dw.fact_sensor_hourly h JOIN iotpipe_dw.dim_sensor s USING (sensor_key)"
             " WHERE s.sensor_id LIKE %(prefix)s",
             p,
@@ -360,7 +364,9 @@ def test_flags_match_sql_reference(db):
             "SELECT sensor_key, date_trunc('hour', ts, 'UTC'), count(*)::int,"
             "       count(*) FILTER (WHERE outlier OR stuck)::int,"
             "       count(*) FILTER (WHERE outlier)::int, count(*) FILTER (WHERE stuck)::int,"
-            "       count(*) FILTER (WHERE copies > 1)::int"
+            "       count(*) FILTER (WHERE copies > 1)::int,"
+            "       min(temperature::float8)::text, max(temperature::float8)::text,"
+            "       min(humidity::float8)::text, max(humidity::float8)::text"
             "  FROM (" + REFERENCE_FACTS + ") r GROUP BY 1, 2",
             p,
         ).fetchall()
