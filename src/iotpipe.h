@@ -17,6 +17,7 @@
  *	  simulator.c  the simulator worker and iotpipe.simulate()
  *	  alerts.c     the alert engine, run inside the ingest transaction
  *	  kafka.c      Kafka consumer workers
+ *	  etl.c        the warehouse ETL's per-reading work (run_etl() calls it)
  *
  *-------------------------------------------------------------------------
  */
