@@ -90,3 +90,38 @@ SELECT * FROM iotpipe.ingest_json(ARRAY(
 RESET iotpipe.batch_size;
 SELECT count(*), sum(temperature) FROM iotpipe.readings WHERE sensor_id LIKE 'b-%';
 SELECT sensor_id, readings_total FROM iotpipe.sensors WHERE sensor_id LIKE 'b-%' ORDER BY 1;
+
+-- readings go straight into their partitions unless the table has what only
+-- COPY handles: a trigger someone added still fires for every reading
+CREATE TABLE trig_seen (sensor_id text, ts timestamptz, ingest_xid xid8);
+CREATE FUNCTION trig_note() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN INSERT INTO trig_seen VALUES (NEW.sensor_id, NEW.ts, NEW.ingest_xid); RETURN NEW; END $$;
+CREATE TRIGGER note AFTER INSERT ON iotpipe.readings FOR EACH ROW EXECUTE FUNCTION trig_note();
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+  '{"sensor_id":"trig-1","ts":"2026-11-27T12:00:00Z","temperature":20.5}',
+  '{"sensor_id":"trig-2","ts":"2026-11-27T12:00:01Z","humidity":40}']);
+SELECT t.sensor_id, t.ts, t.ingest_xid = r.ingest_xid AS same_xid
+  FROM trig_seen t JOIN iotpipe.readings r USING (sensor_id, ts) ORDER BY 1;
+DROP TRIGGER note ON iotpipe.readings;
+DROP TABLE trig_seen;
+DROP FUNCTION trig_note();
+
+-- and a CHECK constraint someone added is enforced on the direct path
+ALTER TABLE iotpipe.readings ADD CONSTRAINT plausible CHECK (temperature < 1000);
+\set VERBOSITY terse
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+  '{"sensor_id":"chk-1","ts":"2026-11-27T12:00:00Z","temperature":2000}']);
+\set VERBOSITY default
+SELECT count(*) AS kept FROM iotpipe.readings WHERE sensor_id = 'chk-1';
+ALTER TABLE iotpipe.readings DROP CONSTRAINT plausible;
+-- values from the direct path read back exactly, long texts too
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+  '{"sensor_id":"exact-é","ts":"2026-11-27T12:00:00.123456Z","temperature":-0.1,"humidity":99.99,"location":"a/b"}',
+  format('{"sensor_id":"%s","ts":"2026-11-27T12:00:00Z","temperature":1e-300,"location":"%s"}',
+         repeat('é', 64), repeat('x', 200))]);
+SELECT sensor_id, ts, temperature, humidity, location, ingest_xid IS NOT NULL AS has_xid,
+       ingested_at <= clock_timestamp() AS ingested_before_now
+  FROM iotpipe.readings WHERE sensor_id = 'exact-é';
+SELECT sensor_id = repeat('é', 64) AS long_id, location = repeat('x', 200) AS long_location,
+       temperature = 1e-300 AS tiny
+  FROM iotpipe.readings WHERE sensor_id LIKE 'éé%';
