@@ -999,14 +999,20 @@ is_silenced(const AlertRule *r, const char *sensor_id, const char *location)
 /* ---------- fire and resolve ---------- */
 
 static SPIPlanPtr
-keep_plan(const char *sql, int nargs, Oid *types)
+keep_plan_opts(const char *sql, int nargs, Oid *types, int cursor_options)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, types, cursor_options);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *types)
+{
+	return keep_plan_opts(sql, nargs, types, 0);
 }
 
 static void
@@ -1222,14 +1228,20 @@ write_resolves(int round)
 	{
 		Oid			types[3] = {INT8ARRAYOID, 1185 /* timestamptz[] */ , FLOAT8ARRAYOID};
 
-		resolve_plan = keep_plan("UPDATE iotpipe.alerts AS a "
+		/*
+		 * Planned for each call: a generic plan made while iotpipe.alerts was
+		 * small (and never analyzed) scans the whole table, and the table
+		 * only grows.  With the ids at hand the planner reads them through
+		 * the primary key.
+		 */
+		resolve_plan = keep_plan_opts("UPDATE iotpipe.alerts AS a "
 								 "   SET state = 'resolved', resolved_at = u.ts, "
 								 "       resolved_value = u.v, resolved_wall = now() "
 								 "  FROM unnest($1, $2, $3) AS u(id, ts, v) "
 								 " WHERE a.alert_id = ANY ($1) AND a.alert_id = u.id "
 								 "   AND a.state <> 'resolved' "
 								 "RETURNING a.alert_id, a.started_at",
-								 3, types);
+									  3, types, CURSOR_OPT_CUSTOM_PLAN);
 	}
 	args[0] = by_val_array(aids, n, INT8OID, 8);
 	args[1] = by_val_array(tss, n, TIMESTAMPTZOID, 8);
