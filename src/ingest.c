@@ -6,8 +6,10 @@
  *
  *	    add messages -> parse/validate each (jsonmsg.c) -> flush:
  *	      1. make sure the daily partitions exist (partition.c)
- *	      2. write accepted readings with COPY FROM an in-memory binary
- *	         stream (multi-insert, partition routing, indexes: all of COPY)
+ *	      2. write accepted readings straight into their partitions
+ *	         (tuple routing, multi-insert, indexes, constraints, as COPY
+ *	         does), or with COPY FROM an in-memory binary stream when the
+ *	         table has triggers or other things only COPY handles
  *	      3. note the batch's sensors and upsert those due (sensors.c)
  *	      4. run the alert engine over the accepted readings (alerts.c)
  *	      5. write rejects to iotpipe.dead_letters with their exact bytes

@@ -11,7 +11,7 @@
  *	               publish their state
  *	  launcher.c   the launcher worker: supervisor, partition upkeep, timers
  *	  jsonmsg.c    parse and validate one contract message
- *	  ingest.c     the ingest core: batches, COPY-from-memory, dead letters
+ *	  ingest.c     the ingest core: batches, direct multi-insert, dead letters
  *	  partition.c  daily partitions of iotpipe.readings
  *	  simgen.c     the deterministic sensor signal generator
  *	  simulator.c  the simulator worker and iotpipe.simulate()
