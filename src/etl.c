@@ -435,6 +435,23 @@ etl_tid_ord(Datum d)
 		ItemPointerGetOffsetNumberNoCheck(tid);
 }
 
+/* a new row of s: time and measures from columns 2-4 of either query */
+static EtlRow *
+etl_new_row(EtlState *st, EtlSensor *s, const Datum *v, const bool *nul, uint8 flags)
+{
+	EtlRow	   *row = etl_add_row(st, s);
+
+	row->ts = DatumGetTimestampTz(v[1]);
+	row->flags = flags;
+	row->temp = nul[2] ? 0 : DatumGetFloat8(v[2]);
+	if (nul[2])
+		row->flags |= ROW_TEMP_NULL;
+	row->hum = nul[3] ? 0 : DatumGetFloat8(v[3]);
+	if (nul[3])
+		row->flags |= ROW_HUM_NULL;
+	return row;
+}
+
 static bool
 etl_receive(TupleTableSlot *slot, DestReceiver *self)
 {
@@ -471,23 +488,7 @@ etl_receive(TupleTableSlot *slot, DestReceiver *self)
 			elog(ERROR, "iotpipe etl: a candidate reading has a NULL key column");
 		id = (text *) pg_detoast_datum_packed((struct varlena *) DatumGetPointer(v[0]));
 		s = etl_sensor(st, VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id));
-		row = etl_add_row(st, s);
-		row->ts = DatumGetTimestampTz(v[1]);
-		row->flags = 0;
-		if (nul[2])
-		{
-			row->flags |= ROW_TEMP_NULL;
-			row->temp = 0;
-		}
-		else
-			row->temp = DatumGetFloat8(v[2]);
-		if (nul[3])
-		{
-			row->flags |= ROW_HUM_NULL;
-			row->hum = 0;
-		}
-		else
-			row->hum = DatumGetFloat8(v[3]);
+		row = etl_new_row(st, s, v, nul, 0);
 		row->xid = U64FromFullTransactionId(DatumGetFullTransactionId(v[5]));
 		row->ord = etl_tid_ord(v[6]);
 		row->copies = 1;
@@ -504,23 +505,7 @@ etl_receive(TupleTableSlot *slot, DestReceiver *self)
 		if (e == NULL)
 			elog(ERROR, "iotpipe etl: loaded fact of unknown sensor_key %d", key);
 		s = e->sensor;
-		row = etl_add_row(st, s);
-		row->ts = DatumGetTimestampTz(v[1]);
-		row->flags = ROW_FACT;
-		if (nul[2])
-		{
-			row->flags |= ROW_TEMP_NULL;
-			row->temp = 0;
-		}
-		else
-			row->temp = DatumGetFloat8(v[2]);
-		if (nul[3])
-		{
-			row->flags |= ROW_HUM_NULL;
-			row->hum = 0;
-		}
-		else
-			row->hum = DatumGetFloat8(v[3]);
+		row = etl_new_row(st, s, v, nul, ROW_FACT);
 		row->xid = U64FromFullTransactionId(DatumGetFullTransactionId(v[4]));
 		row->ord = 0;
 		row->copies = DatumGetInt32(v[5]);
@@ -914,6 +899,17 @@ etl_fcmp(double a, double b)
 	return (a > b) - (a < b);
 }
 
+/* one value of a measure into an hour: min, max and the accumulator */
+static inline void
+etl_measure(double *acc, double *min, double *max, double x)
+{
+	if (acc[0] == 0 || etl_fcmp(x, *min) < 0)
+		*min = x;
+	if (acc[0] == 0 || etl_fcmp(x, *max) > 0)
+		*max = x;
+	etl_accum(acc, x);
+}
+
 static inline bool
 etl_same_values(const EtlRow *a, const EtlRow *b)
 {
@@ -1140,21 +1136,9 @@ etl_segment(EtlEmit *e, const EtlVersion *v, EtlRow *rows, int64 lo, int64 hi)
 			EtlRow	   *r = &rows[f[k].row];
 
 			if (!(r->flags & ROW_TEMP_NULL))
-			{
-				if (hr->t[0] == 0 || etl_fcmp(r->temp, hr->tmin) < 0)
-					hr->tmin = r->temp;
-				if (hr->t[0] == 0 || etl_fcmp(r->temp, hr->tmax) > 0)
-					hr->tmax = r->temp;
-				etl_accum(hr->t, r->temp);
-			}
+				etl_measure(hr->t, &hr->tmin, &hr->tmax, r->temp);
 			if (!(r->flags & ROW_HUM_NULL))
-			{
-				if (hr->h[0] == 0 || etl_fcmp(r->hum, hr->hmin) < 0)
-					hr->hmin = r->hum;
-				if (hr->h[0] == 0 || etl_fcmp(r->hum, hr->hmax) > 0)
-					hr->hmax = r->hum;
-				etl_accum(hr->h, r->hum);
-			}
+				etl_measure(hr->h, &hr->hmin, &hr->hmax, r->hum);
 		}
 	}
 
@@ -1302,6 +1286,32 @@ etl_version_at(EtlSensor *s, int v, TimestampTz ts)
 	return v;
 }
 
+/* (sensor_key, from, to) ranges for the context queries */
+typedef struct EtlRanges
+{
+	Datum	   *keys;
+	Datum	   *los;
+	Datum	   *his;
+	int			n;
+	int			cap;
+} EtlRanges;
+
+static void
+etl_add_range(EtlRanges *r, int32 key, TimestampTz lo, TimestampTz hi)
+{
+	if (r->n == r->cap)
+	{
+		r->cap = r->cap ? r->cap * 2 : 1024;
+		r->keys = r->keys ? repalloc(r->keys, sizeof(Datum) * r->cap) : palloc(sizeof(Datum) * r->cap);
+		r->los = r->los ? repalloc(r->los, sizeof(Datum) * r->cap) : palloc(sizeof(Datum) * r->cap);
+		r->his = r->his ? repalloc(r->his, sizeof(Datum) * r->cap) : palloc(sizeof(Datum) * r->cap);
+	}
+	r->keys[r->n] = Int32GetDatum(key);
+	r->los[r->n] = TimestampTzGetDatum(lo);
+	r->his[r->n] = TimestampTzGetDatum(hi);
+	r->n++;
+}
+
 /*
  * Incremental: the facts already loaded two hours around every hour a new
  * reading touches (the hours +-1 are rewritten; their flags need the hours
@@ -1310,11 +1320,7 @@ etl_version_at(EtlSensor *s, int v, TimestampTz ts)
 static void
 etl_load_context(EtlState *st)
 {
-	int64		cap = 1024,
-				n = 0;
-	Datum	   *keys = palloc(sizeof(Datum) * cap);
-	Datum	   *los = palloc(sizeof(Datum) * cap);
-	Datum	   *his = palloc(sizeof(Datum) * cap);
+	EtlRanges	ranges = {0};
 	HASHCTL		ctl;
 	HTAB	   *bykey;
 	EtlReceiver r;
@@ -1360,47 +1366,24 @@ etl_load_context(EtlState *st)
 				continue;
 			}
 			if (open)
-			{
-				if (n == cap)
-				{
-					cap *= 2;
-					keys = repalloc(keys, sizeof(Datum) * cap);
-					los = repalloc(los, sizeof(Datum) * cap);
-					his = repalloc(his, sizeof(Datum) * cap);
-				}
-				keys[n] = Int32GetDatum(rkey);
-				los[n] = TimestampTzGetDatum(rlo);
-				his[n] = TimestampTzGetDatum(rhi);
-				n++;
-			}
+				etl_add_range(&ranges, rkey, rlo, rhi);
 			open = true;
 			rkey = s->vers[v].key;
 			rlo = lo;
 			rhi = hi;
 		}
 		if (open)
-		{
-			if (n == cap)
-			{
-				cap *= 2;
-				keys = repalloc(keys, sizeof(Datum) * cap);
-				los = repalloc(los, sizeof(Datum) * cap);
-				his = repalloc(his, sizeof(Datum) * cap);
-			}
-			keys[n] = Int32GetDatum(rkey);
-			los[n] = TimestampTzGetDatum(rlo);
-			his[n] = TimestampTzGetDatum(rhi);
-			n++;
-		}
+			etl_add_range(&ranges, rkey, rlo, rhi);
 	}
-	if (n == 0)
+	if (ranges.n == 0)
 		return;
 
-	vals[0] = PointerGetDatum(construct_array(keys, n, INT4OID, 4, true, TYPALIGN_INT));
-	vals[1] = PointerGetDatum(construct_array(los, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	vals[2] = PointerGetDatum(construct_array(his, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
+	vals[0] = PointerGetDatum(construct_array(ranges.keys, ranges.n, INT4OID, 4, true,
+											  TYPALIGN_INT));
+	vals[1] = PointerGetDatum(construct_array(ranges.los, ranges.n, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	vals[2] = PointerGetDatum(construct_array(ranges.his, ranges.n, TIMESTAMPTZOID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	memset(&r, 0, sizeof(r));
 	r.st = st;
 	r.mode = RECV_FACTS;
