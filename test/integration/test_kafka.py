@@ -221,15 +221,17 @@ def test_million_messages_exactly_once(kafka, sources):
 
 
 def test_kill9_and_immediate_restart_mid_stream(kafka, sources):
+    """kill -9 of a worker (twice), an immediate restart, kill -9 again, each
+    mid-stream: the stream comes in parts, and each disruption happens while
+    a part is being ingested; the next part is produced only afterwards, so
+    that its rows arriving proves the workers came back by themselves (with a
+    fast ingest core the whole stream could otherwise be in before the
+    disruption)."""
     topic, prefix, n = "iot-k2", "k2", 200_000
     sources.append((topic, prefix))
     kafka.create_topic(topic, 4)
-    producer = Producer(kafka.bootstrap, topic, prefix, 0, n, 10_000, 0.4)
-    producer.start()
-    start(kafka, topic, workers=2)
 
     def kill_worker(index):
-        before = count_rows(prefix)
         pid = poll(
             lambda: next(
                 (
@@ -242,28 +244,40 @@ def test_kill9_and_immediate_restart_mid_stream(kafka, sources):
             60,
             what=f"kafka worker #{index} to run",
         )
-        os.kill(pid, signal.SIGKILL)
         # the postmaster restarts everything; the launcher brings the workers back
+        os.kill(pid, signal.SIGKILL)
+
+    disruptions = [
+        ("kill -9 of worker #1", lambda: kill_worker(1)),
+        ("kill -9 of worker #2", lambda: kill_worker(2)),
+        ("an immediate restart", lambda: restart_server("immediate")),
+        ("kill -9 of worker #1 again", lambda: kill_worker(1)),
+    ]
+    part = n // (len(disruptions) + 1)
+    producer = Producer(kafka.bootstrap, topic, prefix, 0, part, 5_000, 0.2)
+    producer.start()
+    start(kafka, topic, workers=2)
+    for i, (what, disrupt) in enumerate(disruptions):
+        lo = i * part
         poll(
-            lambda: count_rows(prefix) > before,
+            lambda: count_rows(prefix) > lo,
+            60,
+            0.2,
+            f"rows of part {i + 1} before {what}",
+        )
+        disrupt()
+        producer.finish()
+        producer = Producer(
+            kafka.bootstrap, topic, prefix, lo + part, lo + 2 * part, 5_000, 0.2
+        )
+        producer.start()
+        # rows of the next part arrive only if the workers are back
+        poll(
+            lambda: count_rows(prefix) > lo + part,
             90,
             0.2,
-            "ingest to go on after kill -9",
+            f"ingest to go on after {what}",
         )
-
-    poll(lambda: count_rows(prefix) > 0, 60, 0.2, "the first rows")
-    kill_worker(1)
-    kill_worker(2)
-    before = count_rows(prefix)
-    restart_server("immediate")
-    poll(
-        lambda: count_rows(prefix) > before,
-        90,
-        0.2,
-        "ingest to go on after an immediate restart",
-    )
-    kill_worker(1)
-
     producer.finish()
     total = wait_caught_up(kafka, topic, 120)
     assert total == n
