@@ -23,14 +23,11 @@ Target: 100 rules cost at most 15 % of ingest throughput (ratio >= 0.85).
 """
 
 import argparse
-import os
 import statistics
-import subprocess
 import time
 
 import psycopg
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchlib import cluster_or_dsn
 
 
 # the simulator's locations and their baseline temperatures (src/simgen.c)
@@ -154,23 +151,8 @@ def main():
     ap.add_argument("--dir", default="/tmp/iotpipe-bench-alerts")
     ap.add_argument("--port", type=int, default=55472)
     a = ap.parse_args()
-    if a.dsn:
-        run(a, a.dsn)
-        return
-    subprocess.run(
-        [
-            os.path.join(ROOT, "scripts/pgcluster.sh"),
-            "start",
-            a.dir,
-            str(a.port),
-            "bench",
-        ],
-        check=True,
-    )
-    try:
-        run(a, f"host={a.dir} port={a.port} dbname=bench user=postgres")
-    finally:
-        subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "stop", a.dir])
+    with cluster_or_dsn(a.dsn, a.dir, a.port) as dsn:
+        run(a, dsn)
 
 
 def run(a, dsn):

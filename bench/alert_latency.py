@@ -29,12 +29,12 @@ import json
 import multiprocessing
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import psycopg
+from benchlib import cluster_or_dsn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "test", "kafka"))
@@ -104,32 +104,18 @@ def main():
     ap.add_argument("--kafka-dir", default="/tmp/iotpipe-bench-latency-kafka")
     ap.add_argument("--kafka-port", type=int, default=19192)
     a = ap.parse_args()
-    own = not a.dsn
-    if own:
-        subprocess.run(
-            [
-                os.path.join(ROOT, "scripts/pgcluster.sh"),
-                "start",
-                a.dir,
-                str(a.port),
-                "bench",
-            ],
-            check=True,
-        )
-        a.dsn = f"host={a.dir} port={a.port} dbname=bench user=postgres"
-    broker = None
-    try:
-        if a.path == "kafka":
-            from kafka_harness import KafkaBroker
+    with cluster_or_dsn(a.dsn, a.dir, a.port) as a.dsn:
+        broker = None
+        try:
+            if a.path == "kafka":
+                from kafka_harness import KafkaBroker
 
-            broker = KafkaBroker(a.kafka_dir, a.kafka_port)
-            broker.start()
-        run(a, broker)
-    finally:
-        if broker is not None:
-            broker.stop()
-        if own:
-            subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "stop", a.dir])
+                broker = KafkaBroker(a.kafka_dir, a.kafka_port)
+                broker.start()
+            run(a, broker)
+        finally:
+            if broker is not None:
+                broker.stop()
 
 
 def run(a, broker):

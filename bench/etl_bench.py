@@ -26,15 +26,14 @@ import argparse
 import io
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pandas as pd
 import psycopg
+from benchlib import private_cluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DB = "iotpipe_bench"
 
 LOAD_SQL = """
@@ -74,10 +73,6 @@ SELECT sensor_id, date_trunc('hour', ts, 'UTC'), count(*),
   FROM iotpipe.readings
  GROUP BY 1, 2
 """
-
-
-def sh(*args):
-    subprocess.run(args, check=True, cwd=ROOT)
 
 
 def timed(fn):
@@ -246,20 +241,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     a = ap.parse_args()
 
-    sh(
-        "scripts/pgcluster.sh",
-        "start",
-        a.dir,
-        str(a.port),
-        DB,
-        "--conf",
-        "iotpipe.etl_interval = 0",
-    )
-    dsn = f"host={a.dir} port={a.port} dbname={DB} user=postgres"
-    try:
+    with private_cluster(
+        a.dir, a.port, DB, conf=["iotpipe.etl_interval = 0"], keep=a.keep
+    ) as dsn:
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE EXTENSION iotpipe")
-            c.execute("SET work_mem = '1GB'")  # what run_etl uses
+            c.execute("SET work_mem = '1GB'")  # the floor aggregates in memory too
             c.execute(
                 f"SELECT iotpipe.create_partitions('2025-12-31', date '2026-01-01' + {a.days + 2})"
             )
@@ -347,9 +334,6 @@ def main():
                     f"  incremental run {r + 1}: {incr_rows:,} new rows in {incr[-1]:.3f} s",
                     flush=True,
                 )
-    finally:
-        if not a.keep:
-            sh("scripts/pgcluster.sh", "stop", a.dir)
 
     mf, me, mi = (statistics.median(x) for x in (floor, etl, incr))
     mp = statistics.median(pandas_t) if pandas_t else float("nan")

@@ -25,7 +25,7 @@ import sys
 import time
 
 import psycopg
-from benchlib import private_cluster
+from benchlib import copy_readings, private_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_ARRAY_OID = 1009
@@ -119,15 +119,7 @@ def run(a, dsn):
                 "TRUNCATE iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters"
             )
             c.execute("CHECKPOINT")
-            t = time.perf_counter()
-            with c.cursor() as cur:
-                with cur.copy(
-                    "COPY iotpipe.readings (sensor_id, ts, temperature, humidity, location) FROM STDIN"
-                ) as cp:
-                    step = 1 << 20
-                    for i in range(0, len(copy_data), step):
-                        cp.write(copy_data[i : i + step])
-            el = time.perf_counter() - t
+            el = copy_readings(c, copy_data)
             n = c.execute("SELECT count(*) FROM iotpipe.readings").fetchone()[0]
             assert n == len(msgs), n
             return len(msgs) / el

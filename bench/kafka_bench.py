@@ -28,7 +28,6 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -37,6 +36,7 @@ import psycopg
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "test", "kafka"))
 
+from benchlib import copy_readings, private_cluster  # noqa: E402
 from kafka_harness import KafkaBroker, high_watermarks, produce  # noqa: E402
 
 TOPIC = "bench"
@@ -63,23 +63,13 @@ def main():
     )
     a = ap.parse_args()
 
-    subprocess.run(
-        [
-            os.path.join(ROOT, "scripts/pgcluster.sh"),
-            "start",
-            a.dir,
-            str(a.port),
-            "bench",
-        ],
-        check=True,
-    )
-    broker = KafkaBroker(a.broker_dir, a.broker_port)
-    try:
-        broker.start()
-        return run(a, broker)
-    finally:
-        broker.stop()
-        subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "stop", a.dir])
+    with private_cluster(a.dir, a.port) as dsn:
+        broker = KafkaBroker(a.broker_dir, a.broker_port)
+        try:
+            broker.start()
+            return run(a, broker, dsn)
+        finally:
+            broker.stop()
 
 
 def reset(c):
@@ -91,15 +81,7 @@ def reset(c):
 
 def run_copy(c, copy_data, n):
     reset(c)
-    t = time.perf_counter()
-    with c.cursor() as cur:
-        with cur.copy(
-            "COPY iotpipe.readings (sensor_id, ts, temperature, humidity, location) FROM STDIN"
-        ) as cp:
-            step = 1 << 20
-            for i in range(0, len(copy_data), step):
-                cp.write(copy_data[i : i + step])
-    el = time.perf_counter() - t
+    el = copy_readings(c, copy_data)
     got = c.execute("SELECT count(*) FROM iotpipe.readings").fetchone()[0]
     assert got == n, got
     return n / el
@@ -192,8 +174,7 @@ def run_python(c, dsn, bootstrap, n, group, batch):
     return (n - first_done) / (t_end - t_first), n / (t_end - t0)
 
 
-def run(a, broker):
-    dsn = f"host={a.dir} port={a.port} dbname=bench user=postgres"
+def run(a, broker, dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
         if a.batch_size:

@@ -20,10 +20,10 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 from datetime import datetime, timezone
 
 import psycopg
+from benchlib import cluster_or_dsn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAB = os.environ.get(
@@ -108,75 +108,61 @@ def main():
     ap.add_argument("--dir", default="/tmp/iotpipe-bench-nab")
     ap.add_argument("--port", type=int, default=55474)
     a = ap.parse_args()
-    own = not a.dsn
-    if own:
-        subprocess.run(
-            [
-                os.path.join(ROOT, "scripts/pgcluster.sh"),
-                "start",
-                a.dir,
-                str(a.port),
-                "bench",
-            ],
-            check=True,
+    with cluster_or_dsn(a.dsn, a.dir, a.port) as a.dsn:
+        nab_run(a)
+
+
+def nab_run(a):
+    rows, windows = load()
+    with psycopg.connect(a.dsn, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
+        print(
+            f"{len(rows)} readings {rows[0][0]:%Y-%m-%d} .. {rows[-1][0]:%Y-%m-%d}; labelled windows: "
+            + "; ".join(
+                f"{w0:%Y-%m-%d %H:%M} .. {w1:%Y-%m-%d %H:%M}" for w0, w1 in windows
+            )
         )
-        a.dsn = f"host={a.dir} port={a.port} dbname=bench user=postgres"
-    try:
-        rows, windows = load()
-        with psycopg.connect(a.dsn, autocommit=True) as c:
-            c.execute("CREATE EXTENSION IF NOT EXISTS iotpipe")
+        if a.sweep:
+            for window in (12, 24, 48, 96, 168):
+                for z in (3, 3.5, 4, 5, 6):
+                    alerts, hits, outside = replay(
+                        a.dsn,
+                        rows,
+                        windows,
+                        z,
+                        None,
+                        window,
+                        max(a.min_samples, window),
+                    )
+                    print(
+                        f"window {window:4d}  z > {z:3.1f}: {len(alerts):3d} alerts; windows hit: "
+                        f"{['yes' if h else 'no' for h in hits]}; outside the windows: {len(outside)}"
+                    )
+            return
+        alerts, hits, outside = replay(
+            a.dsn, rows, windows, a.z, a.clear, a.window, a.min_samples
+        )
+        print(
+            f"rule: anomaly on temperature, z > {a.z} (clear below {a.clear or a.z}), EWMA span "
+            f"{a.window} readings, judged after {a.min_samples}"
+        )
+        for a_ in alerts:
+            where = next(
+                (
+                    f"window {i + 1}"
+                    for i, (w0, w1) in enumerate(windows)
+                    if w0 <= a_[0] <= w1
+                ),
+                "outside",
+            )
             print(
-                f"{len(rows)} readings {rows[0][0]:%Y-%m-%d} .. {rows[-1][0]:%Y-%m-%d}; labelled windows: "
-                + "; ".join(
-                    f"{w0:%Y-%m-%d %H:%M} .. {w1:%Y-%m-%d %H:%M}" for w0, w1 in windows
-                )
+                f"  {a_[0]:%Y-%m-%d %H:%M}  z {a_[2]:6.2f}  reading {a_[3]:6.2f}  {where}"
             )
-            if a.sweep:
-                for window in (12, 24, 48, 96, 168):
-                    for z in (3, 3.5, 4, 5, 6):
-                        alerts, hits, outside = replay(
-                            a.dsn,
-                            rows,
-                            windows,
-                            z,
-                            None,
-                            window,
-                            max(a.min_samples, window),
-                        )
-                        print(
-                            f"window {window:4d}  z > {z:3.1f}: {len(alerts):3d} alerts; windows hit: "
-                            f"{['yes' if h else 'no' for h in hits]}; outside the windows: {len(outside)}"
-                        )
-                return
-            alerts, hits, outside = replay(
-                a.dsn, rows, windows, a.z, a.clear, a.window, a.min_samples
-            )
+        for i, h in enumerate(hits):
             print(
-                f"rule: anomaly on temperature, z > {a.z} (clear below {a.clear or a.z}), EWMA span "
-                f"{a.window} readings, judged after {a.min_samples}"
+                f"labelled window {i + 1}: {'HIT' if h else 'missed'} ({len(h)} alerts inside)"
             )
-            for a_ in alerts:
-                where = next(
-                    (
-                        f"window {i + 1}"
-                        for i, (w0, w1) in enumerate(windows)
-                        if w0 <= a_[0] <= w1
-                    ),
-                    "outside",
-                )
-                print(
-                    f"  {a_[0]:%Y-%m-%d %H:%M}  z {a_[2]:6.2f}  reading {a_[3]:6.2f}  {where}"
-                )
-            for i, h in enumerate(hits):
-                print(
-                    f"labelled window {i + 1}: {'HIT' if h else 'missed'} ({len(h)} alerts inside)"
-                )
-            print(
-                f"alerts outside the labelled windows: {len(outside)} (of {len(alerts)})"
-            )
-    finally:
-        if own:
-            subprocess.run([os.path.join(ROOT, "scripts/pgcluster.sh"), "stop", a.dir])
+        print(f"alerts outside the labelled windows: {len(outside)} (of {len(alerts)})")
 
 
 if __name__ == "__main__":
