@@ -181,7 +181,6 @@ typedef struct EtlWriter
 	EState	   *estate;
 	ResultRelInfo *rri;
 	BulkInsertState bis;
-	CommandId	cid;
 	int			options;
 	int			ncols;			/* the columns iotpipe writes */
 	int			attmap[HOURLY_NATTS];	/* their positions in the table */
@@ -717,7 +716,6 @@ etl_writer_open(EtlWriter *w, const char *schema, const char *table,
 	InitResultRelInfo(w->rri, w->rel, 1, NULL, 0);
 	ExecOpenIndices(w->rri, false);
 	w->bis = GetBulkInsertState();
-	w->cid = GetCurrentCommandId(true);
 	w->options = 0;
 
 	/*
@@ -737,23 +735,7 @@ etl_writer_open(EtlWriter *w, const char *schema, const char *table,
 static void
 etl_writer_flush(EtlWriter *w)
 {
-	if (w->n == 0)
-		return;
-	table_multi_insert(w->rel, w->slots, w->n, w->cid, w->options, w->bis);
-	if (w->rri->ri_NumIndices > 0)
-	{
-		for (int i = 0; i < w->n; i++)
-		{
-			List	   *r;
-
-			ResetPerTupleExprContext(w->estate);
-			r = ExecInsertIndexTuples(w->rri, w->slots[i], w->estate,
-									  false, false, NULL, NIL);
-			list_free(r);
-		}
-	}
-	for (int i = 0; i < w->n; i++)
-		ExecClearTuple(w->slots[i]);
+	iotpipe_multi_insert(w->rri, w->estate, w->slots, w->n, w->options, w->bis);
 	w->written += w->n;
 	w->n = 0;
 }

@@ -336,27 +336,26 @@ direct_fill(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location
 	ExecStoreVirtualTuple(slot);
 }
 
-static void
-direct_flush(DirectPart *p, EState *estate, CommandId cid)
+/* see iotpipe.h */
+void
+iotpipe_multi_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot **slots, int n,
+					 int options, BulkInsertState bis)
 {
-	ResultRelInfo *rri = p->rri;
-
-	if (p->n == 0)
+	if (n == 0)
 		return;
-	table_multi_insert(rri->ri_RelationDesc, p->slots, p->n, cid, 0, p->bis);
-	for (int i = 0; i < p->n; i++)
+	table_multi_insert(rri->ri_RelationDesc, slots, n, GetCurrentCommandId(true), options, bis);
+	for (int i = 0; i < n; i++)
 	{
 		if (rri->ri_NumIndices > 0)
 		{
 			List	   *recheck;
 
 			ResetPerTupleExprContext(estate);
-			recheck = ExecInsertIndexTuples(rri, p->slots[i], estate, false, false, NULL, NIL);
+			recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
 			list_free(recheck);
 		}
-		ExecClearTuple(p->slots[i]);
+		ExecClearTuple(slots[i]);
 	}
-	p->n = 0;
 }
 
 /* a text datum in buf (sized by the caller), 1-byte header when it fits */
@@ -403,7 +402,6 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 	bool		ok = true;
 	TimestampTz ingested_at = GetCurrentTimestamp();
 	FullTransactionId xid = GetTopFullTransactionId();
-	CommandId	cid = GetCurrentCommandId(true);
 
 	/* the table as iotpipe made it */
 	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc != NULL ||
@@ -494,7 +492,10 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 				}
 			Assert(p != NULL);
 			if (p->n == DIRECT_BUFFERED)
-				direct_flush(p, estate, cid);
+			{
+				iotpipe_multi_insert(p->rri, estate, p->slots, p->n, 0, p->bis);
+				p->n = 0;
+			}
 			if (p->n == p->nalloc)
 				p->slots[p->nalloc++] = table_slot_create(p->rri->ri_RelationDesc, &estate->es_tupleTable);
 			slot = p->slots[p->n++];
@@ -504,7 +505,8 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		}
 		for (int k = 0; k < nparts; k++)
 		{
-			direct_flush(&parts[k], estate, cid);
+			iotpipe_multi_insert(parts[k].rri, estate, parts[k].slots, parts[k].n, 0,
+								 parts[k].bis);
 			table_finish_bulk_insert(parts[k].rri->ri_RelationDesc, 0);
 		}
 	}

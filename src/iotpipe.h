@@ -156,6 +156,20 @@ extern const char *iotpipe_parse_message(const char *data, size_t len, IotReadin
 										 TimestampTz now, MemoryContext strcxt);
 
 /* ---------- ingest.c ---------- */
+
+/*
+ * Write n filled slots of one table as COPY does: table_multi_insert, then
+ * each slot's index entries; the slots are cleared.  Used by the ingest core
+ * and the ETL (etl.c).
+ */
+struct ResultRelInfo;
+struct EState;
+struct TupleTableSlot;
+struct BulkInsertStateData;
+extern void iotpipe_multi_insert(struct ResultRelInfo *rri, struct EState *estate,
+								 struct TupleTableSlot **slots, int n, int options,
+								 struct BulkInsertStateData *bis);
+
 typedef struct IotSource
 {
 	const char *source;			/* 'sql', 'simulator', 'kafka' */
