@@ -1,7 +1,8 @@
 # iotpipe — PGXS build, plus the two user-facing commands: `make demo` and `make test`.
 
 EXTENSION   = iotpipe
-EXTVERSION  = 0.1.0
+# the version lives in the control file only
+EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))iotpipe.control)
 MODULE_big  = iotpipe
 OBJS = \
 	src/iotpipe.o \
@@ -19,10 +20,13 @@ OBJS = \
 	src/kafka.o \
 	src/etl.o
 
-# The install script is built from the ordered fragments in src/sql/.
+# The install script of the version in development is built from the ordered
+# fragments in src/sql/.  Released install scripts are frozen in sql/versions/
+# (never edited again); sql/upgrade/ holds one script per release step.
 SQL_SOURCES = $(sort $(wildcard src/sql/*.sql))
 DATA_built  = $(EXTENSION)--$(EXTVERSION).sql
-DATA        = $(wildcard sql/upgrade/$(EXTENSION)--*--*.sql)
+DATA        = $(wildcard sql/versions/$(EXTENSION)--*.sql) \
+              $(wildcard sql/upgrade/$(EXTENSION)--*--*.sql)
 
 # Every file in sql/ is a pg_regress test, run in name order.
 REGRESS      = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
@@ -37,8 +41,8 @@ EXTRA_CLEAN = $(DATA_built)
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-# every module includes the shared header (PGXS tracks no header dependencies)
-$(OBJS): src/iotpipe.h
+# PGXS tracks no header dependencies: every object depends on every header
+$(OBJS): $(wildcard src/*.h)
 
 $(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ > $@

@@ -42,6 +42,8 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "shmem.h"
+#include "alerts.h"
 
 #include <math.h>
 

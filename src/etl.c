@@ -36,6 +36,7 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "ingest.h"
 
 #include <math.h>
 #include <stdlib.h>

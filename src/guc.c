@@ -7,10 +7,14 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+
+#include <limits.h>
 
 #include "utils/guc.h"
 
 char	   *iotpipe_database = NULL;
+int			iotpipe_sensor_refresh_ms = 1000;
 int			iotpipe_batch_size = 20000;
 int			iotpipe_flush_interval_ms = 10;
 int			iotpipe_etl_interval_s = 0;

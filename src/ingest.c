@@ -22,6 +22,11 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "alerts.h"
+#include "guc.h"
+#include "partition.h"
+#include "sensors.h"
+#include "ingest.h"
 
 #include "access/table.h"
 #include "access/xact.h"

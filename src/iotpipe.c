@@ -8,13 +8,18 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "alerts.h"
+#include "guc.h"
+#include "kafka.h"
+#include "launcher.h"
+#include "shmem.h"
 
 #include "fmgr.h"
 #include "miscadmin.h"
 
 PG_MODULE_MAGIC;
 
-bool		iotpipe_preloaded = false;
+static bool iotpipe_preloaded = false;
 
 void		_PG_init(void);
 
@@ -31,19 +36,6 @@ _PG_init(void)
 	iotpipe_alerts_init();
 	iotpipe_kafka_init();
 	iotpipe_launcher_register();
-}
-
-/*
- * Functions that need the workers or the shared memory call this first.
- */
-void
-iotpipe_require_preload(void)
-{
-	if (!iotpipe_preloaded || iotpipe_shared == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("iotpipe must be loaded via shared_preload_libraries"),
-				 errhint("Add iotpipe to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
 PG_FUNCTION_INFO_V1(iotpipe_check_preload);

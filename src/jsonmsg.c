@@ -15,6 +15,8 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+#include "jsonmsg.h"
 
 #include <math.h>
 

@@ -32,6 +32,11 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+#include "ingest.h"
+#include "sensors.h"
+#include "status.h"
+#include "kafka.h"
 
 #include <pthread.h>
 #include <librdkafka/rdkafka.h>

@@ -28,6 +28,11 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "alerts.h"
+#include "guc.h"
+#include "partition.h"
+#include "status.h"
+#include "launcher.h"
 
 #include <signal.h>
 

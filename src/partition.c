@@ -13,11 +13,11 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "partition.h"
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "executor/spi.h"
-#include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "storage/lock.h"
@@ -29,6 +29,7 @@
 #include "utils/syscache.h"
 #include "catalog/pg_class.h"
 #include "access/htup_details.h"
+#include "fmgr.h"
 
 #define PARTITION_LOCK_KEY 0x696f7470	/* 'iotp' */
 

@@ -21,6 +21,8 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+#include "sensors.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -69,7 +71,6 @@ static int	cache_pending = 0;
 static SPIPlanPtr upsert_plan = NULL;
 static bool callback_registered = false;
 
-int			iotpipe_sensor_refresh_ms = 1000;
 
 static void
 agg_init(SensorAgg *a)

@@ -16,6 +16,8 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+#include "shmem.h"
 
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -83,4 +85,18 @@ iotpipe_shmem_init(void)
 	shmem_request_hook = iotpipe_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = iotpipe_shmem_startup;
+}
+
+/*
+ * Functions that need the workers or the shared memory call this first
+ * (shared memory exists only when the library was preloaded).
+ */
+void
+iotpipe_require_preload(void)
+{
+	if (iotpipe_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("iotpipe must be loaded via shared_preload_libraries"),
+				 errhint("Add iotpipe to shared_preload_libraries in postgresql.conf and restart the server.")));
 }

@@ -17,6 +17,13 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "guc.h"
+#include "ingest.h"
+#include "kafka.h"
+#include "sensors.h"
+#include "simgen.h"
+#include "status.h"
+#include "simulator.h"
 
 #include <math.h>
 

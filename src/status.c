@@ -8,14 +8,15 @@
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "status.h"
 
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "pgstat.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"

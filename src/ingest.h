@@ -1,0 +1,57 @@
+/*-------------------------------------------------------------------------
+ *
+ * ingest.h
+ *	  The ingest core: batches, direct multi-insert, dead letters (ingest.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IOTPIPE_INGEST_H
+#define IOTPIPE_INGEST_H
+
+#include "jsonmsg.h"
+
+/*
+ * Write n filled slots of one table as COPY does: table_multi_insert, then
+ * each slot's index entries; the slots are cleared.  Used by the ingest core
+ * and the ETL (etl.c).
+ */
+struct ResultRelInfo;
+struct EState;
+struct TupleTableSlot;
+struct BulkInsertStateData;
+extern void iotpipe_multi_insert(struct ResultRelInfo *rri, struct EState *estate,
+								 struct TupleTableSlot **slots, int n, int options,
+								 struct BulkInsertStateData *bis);
+
+typedef struct IotSource
+{
+	const char *source;			/* 'sql', 'simulator', 'kafka' */
+	const char *topic;			/* Kafka only */
+	int			partition;
+	int64		offset;
+} IotSource;
+
+typedef struct IotBatch IotBatch;
+
+extern IotBatch *iotpipe_batch_create(MemoryContext parent);
+extern void iotpipe_batch_reset(IotBatch *batch);
+extern int	iotpipe_batch_count(IotBatch *batch);
+/* add one raw message: parsed now; rejects are kept for the dead-letter write */
+extern bool iotpipe_batch_add(IotBatch *batch, const char *data, size_t len,
+							  const IotSource *src);
+/* add a message known to be rejected before parsing (NULL value, too large) */
+extern void iotpipe_batch_reject(IotBatch *batch, const char *data, size_t len,
+								 const IotSource *src, const char *reason);
+/* write the batch in the current transaction; returns rows accepted */
+extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected);
+
+/* write the sensors held back by this backend (sensors.c), in the current transaction */
+extern void iotpipe_ingest_write_sensors(bool all);
+/* workers call this when idle (outside a transaction): writes due sensors */
+extern void iotpipe_ingest_idle(void);
+
+/* what the alert engine sees of a batch (accepted readings, in input order) */
+extern int	iotpipe_batch_nreadings(IotBatch *batch);
+extern IotReading *iotpipe_batch_readings(IotBatch *batch);
+
+#endif							/* IOTPIPE_INGEST_H */
