@@ -18,7 +18,9 @@ OBJS = \
 	src/simgen.o \
 	src/alerts.o \
 	src/kafka.o \
-	src/etl.o
+	src/etl.o \
+	src/spiutil.o \
+	src/version.o
 
 # The install script of the version in development is built from the ordered
 # fragments in src/sql/.  Released install scripts are frozen in sql/versions/
@@ -33,7 +35,7 @@ REGRESS      = $(sort $(basename $(notdir $(wildcard sql/*.sql))))
 REGRESS_OPTS = --inputdir=. --use-existing --dbname=iotpipe_regress
 
 PG_CONFIG  ?= pg_config
-PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+PG_CPPFLAGS = -I$(srcdir)/src -DIOTPIPE_VERSION='"$(EXTVERSION)"' -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 SHLIB_LINK  = -lrdkafka
 
 EXTRA_CLEAN = $(DATA_built)

@@ -54,6 +54,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "version.h"
 #include "nodes/makefuncs.h"
 #include "storage/proc.h"
 #include "utils/array.h"
@@ -581,6 +582,8 @@ iotpipe_etl_collect(PG_FUNCTION_ARGS)
 	bool		nulls[4];
 	EtlState   *st;
 	EtlReceiver r;
+
+	iotpipe_require_version();
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -1410,6 +1413,8 @@ iotpipe_etl_emit(PG_FUNCTION_ARGS)
 	bool		onull[4] = {false, false, false, false};
 	MemoryContext old;
 	TimestampTz t[6];
+
+	iotpipe_require_version();
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "iotpipe etl: return type must be a row type");

@@ -47,6 +47,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "version.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -197,6 +198,7 @@ iotpipe_kafka_check_options(PG_FUNCTION_ARGS)
 	rd_kafka_conf_t *conf;
 	char	   *err;
 
+	iotpipe_require_version();
 	deconstruct_array(ka, TEXTOID, -1, false, TYPALIGN_INT, &kd, &kn, &nk);
 	deconstruct_array(va, TEXTOID, -1, false, TYPALIGN_INT, &vd, &vn, &nv);
 	if (nk != nv || array_contains_nulls(ka) || array_contains_nulls(va))

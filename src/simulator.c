@@ -33,6 +33,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "version.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -393,6 +394,8 @@ iotpipe_simulate(PG_FUNCTION_ARGS)
 	SimGen	   *gen;
 	StringInfoData buf;
 	int64		i;
+
+	iotpipe_require_version();
 
 	if (sensors < 1 || sensors > 1000000)
 		ereport(ERROR,
