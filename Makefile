@@ -20,7 +20,8 @@ OBJS = \
 	src/kafka.o \
 	src/etl.o \
 	src/spiutil.o \
-	src/version.o
+	src/version.o \
+	src/worker.o
 
 # The install script of the version in development is built from the ordered
 # fragments in src/sql/.  Released install scripts are frozen in sql/versions/

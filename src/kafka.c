@@ -36,6 +36,7 @@
 #include "ingest.h"
 #include "sensors.h"
 #include "status.h"
+#include "worker.h"
 #include "kafka.h"
 
 #include <pthread.h>
@@ -308,7 +309,7 @@ kafka_wait(long ms)
 static bool
 should_stop(void)
 {
-	return ShutdownRequestPending || iotpipe_should_stop();
+	return ShutdownRequestPending || iotpipe_worker_should_stop();
 }
 
 /*
@@ -1284,12 +1285,7 @@ iotpipe_kafka_main(Datum arg)
 	IotBatch   *batch;
 	int			backoff_ms = 1000;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
-
-	iotpipe_worker_attach(slotno, IOT_WORKER_KAFKA);
+	iotpipe_worker_init(slotno, IOT_WORKER_KAFKA);
 	slot = iotpipe_slot(slotno);
 	source_id = slot->key;
 	index = slot->index;

@@ -32,6 +32,7 @@
 #include "guc.h"
 #include "partition.h"
 #include "status.h"
+#include "worker.h"
 #include "launcher.h"
 
 #include <signal.h>
@@ -465,12 +466,7 @@ iotpipe_launcher_main(Datum arg)
 	TimestampTz last_etl = 0;
 	bool		was_installed = false;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
-
-	iotpipe_worker_attach(IOT_SLOT_LAUNCHER, IOT_WORKER_LAUNCHER);
+	iotpipe_worker_init(IOT_SLOT_LAUNCHER, IOT_WORKER_LAUNCHER);
 	strlcpy(iotpipe_slot(IOT_SLOT_LAUNCHER)->name, "launcher", IOTPIPE_NAMELEN);
 	pgstat_report_appname("iotpipe launcher");
 

@@ -24,6 +24,7 @@
 #include "storage/shmem.h"
 
 IotShared  *iotpipe_shared = NULL;
+int			iotpipe_my_slot = -1;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -99,4 +100,13 @@ iotpipe_require_preload(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("iotpipe must be loaded via shared_preload_libraries"),
 				 errhint("Add iotpipe to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+IotWorkerSlot *
+iotpipe_slot(int slotno)
+{
+	Assert(iotpipe_shared != NULL);
+	if (slotno < 0 || slotno >= iotpipe_shared->nslots)
+		elog(ERROR, "iotpipe worker slot %d out of range", slotno);
+	return &iotpipe_shared->slots[slotno];
 }

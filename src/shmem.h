@@ -74,6 +74,9 @@ typedef struct IotShared
 #define IOT_SLOT_FIRST_KAFKA 2
 
 extern IotShared *iotpipe_shared;
+/* the slot this process owns (a worker), or -1 */
+extern int	iotpipe_my_slot;
+extern IotWorkerSlot *iotpipe_slot(int slotno);
 extern void iotpipe_shmem_init(void);
 
 

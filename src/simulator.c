@@ -23,6 +23,7 @@
 #include "sensors.h"
 #include "simgen.h"
 #include "status.h"
+#include "worker.h"
 #include "simulator.h"
 
 #include <math.h>
@@ -178,12 +179,7 @@ iotpipe_simulator_main(Datum arg)
 	int			backoff_ms = 500;
 	bool		pending = false;	/* a failed batch waits to be retried */
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
-
-	iotpipe_worker_attach(slotno, IOT_WORKER_SIMULATOR);
+	iotpipe_worker_init(slotno, IOT_WORKER_SIMULATOR);
 	pgstat_report_appname("iotpipe simulator");
 
 	workcxt = AllocSetContextCreate(TopMemoryContext, "iotpipe simulator", ALLOCSET_DEFAULT_SIZES);
@@ -214,7 +210,7 @@ iotpipe_simulator_main(Datum arg)
 
 	/* the kafka sink needs a producer; keep trying until it can be made */
 	while (strcmp(cfg.sink, "kafka") == 0 && producer == NULL &&
-		   !ShutdownRequestPending && !iotpipe_should_stop())
+		   !ShutdownRequestPending && !iotpipe_worker_should_stop())
 	{
 		char		errbuf[512];
 
@@ -228,7 +224,7 @@ iotpipe_simulator_main(Datum arg)
 	}
 
 	started = prev_tick = last_rate_at = GetCurrentTimestamp();
-	while (!ShutdownRequestPending && !iotpipe_should_stop())
+	while (!ShutdownRequestPending && !iotpipe_worker_should_stop())
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		int64		due;

@@ -24,8 +24,6 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-int			iotpipe_my_slot = -1;
-static int	my_generation = 0;
 
 /* rate smoothing state, local to the owning worker */
 static TimestampTz rate_last_at = 0;
@@ -54,75 +52,6 @@ iotpipe_state_name(IotWorkerState state)
 			return "stopped";
 	}
 	return "unknown";
-}
-
-IotWorkerSlot *
-iotpipe_slot(int slotno)
-{
-	Assert(iotpipe_shared != NULL);
-	if (slotno < 0 || slotno >= iotpipe_shared->nslots)
-		elog(ERROR, "iotpipe worker slot %d out of range", slotno);
-	return &iotpipe_shared->slots[slotno];
-}
-
-static void
-iotpipe_worker_detach(int code, Datum arg)
-{
-	IotWorkerSlot *slot = iotpipe_slot(DatumGetInt32(arg));
-
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	if (slot->pid == MyProcPid)
-	{
-		slot->pid = 0;
-		slot->state = IOT_STATE_STOPPED;
-		slot->rate = 0;
-		if (code != 0 && slot->last_error[0] == '\0')
-			strlcpy(slot->last_error, "worker exited with an error", IOTPIPE_ERRLEN);
-	}
-	if (DatumGetInt32(arg) == IOT_SLOT_LAUNCHER)
-	{
-		iotpipe_shared->launcher_pid = 0;
-		iotpipe_shared->launcher_latch = NULL;
-	}
-	LWLockRelease(iotpipe_shared->lock);
-}
-
-/*
- * Claim a slot for the calling worker.  The slot keeps its counters across
- * restarts of the worker by the launcher (they reset with shared memory).
- */
-void
-iotpipe_worker_attach(int slotno, IotWorkerKind kind)
-{
-	IotWorkerSlot *slot = iotpipe_slot(slotno);
-
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	if (slot->pid != 0 && slot->pid != MyProcPid)
-	{
-		int			other = slot->pid;
-
-		LWLockRelease(iotpipe_shared->lock);
-		ereport(LOG,
-				(errmsg("iotpipe worker slot %d is already taken by PID %d, exiting", slotno, other)));
-		proc_exit(0);
-	}
-	slot->pid = MyProcPid;
-	slot->kind = kind;
-	slot->state = IOT_STATE_STARTING;
-	slot->started_at = GetCurrentTimestamp();
-	slot->last_activity = slot->started_at;
-	my_generation = slot->generation;
-	if (slotno == IOT_SLOT_LAUNCHER)
-	{
-		iotpipe_shared->launcher_pid = MyProcPid;
-		iotpipe_shared->launcher_latch = &MyProc->procLatch;
-	}
-	LWLockRelease(iotpipe_shared->lock);
-
-	iotpipe_my_slot = slotno;
-	rate_last_at = GetCurrentTimestamp();
-	rate_last_messages = pg_atomic_read_u64(&slot->messages);
-	before_shmem_exit(iotpipe_worker_detach, Int32GetDatum(slotno));
 }
 
 void
@@ -203,10 +132,17 @@ iotpipe_update_rate(void)
 
 	if (iotpipe_my_slot < 0)
 		return;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	if (rate_last_at == 0)
+	{
+		/* the first call after the worker attached: start measuring */
+		rate_last_at = now;
+		rate_last_messages = pg_atomic_read_u64(&slot->messages);
+		return;
+	}
 	secs = (double) (now - rate_last_at) / USECS_PER_SEC;
 	if (secs < 0.5)
 		return;
-	slot = iotpipe_slot(iotpipe_my_slot);
 	msgs = pg_atomic_read_u64(&slot->messages);
 	inst = (double) (msgs - rate_last_messages) / secs;
 
@@ -220,72 +156,6 @@ iotpipe_update_rate(void)
 
 	rate_last_at = now;
 	rate_last_messages = msgs;
-}
-
-/*
- * True when the launcher asked this worker to stop (it bumps the slot's
- * generation) or the slot was taken over.
- */
-bool
-iotpipe_should_stop(void)
-{
-	IotWorkerSlot *slot;
-	bool		stop;
-
-	if (iotpipe_my_slot < 0)
-		return false;
-	slot = iotpipe_slot(iotpipe_my_slot);
-	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
-	stop = (slot->generation != my_generation || slot->pid != MyProcPid);
-	LWLockRelease(iotpipe_shared->lock);
-	return stop;
-}
-
-/*
- * Run fn(arg) in a transaction of its own, with a snapshot (and SPI
- * connected when spi).  Never throws: on error the transaction is rolled
- * back, *err gets the error message (in the caller's memory context) and
- * false is returned; the caller decides how to log and publish it.  Returns
- * in the caller's memory context either way.
- */
-bool
-iotpipe_run_xact(void (*fn) (void *), void *arg, const char *what, bool spi, char **err)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	PG_TRY();
-	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (spi && SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pgstat_report_activity(STATE_RUNNING, what);
-		fn(arg);
-		if (spi)
-			SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		pgstat_report_activity(STATE_IDLE, NULL);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(caller);
-		edata = CopyErrorData();
-		FlushErrorState();
-		AbortCurrentTransaction();
-		pgstat_report_activity(STATE_IDLE, NULL);
-		if (err)
-			*err = MemoryContextStrdup(caller, edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(caller);
-	return ok;
 }
 
 void

@@ -11,19 +11,11 @@
 #include "shmem.h"
 
 extern const char *iotpipe_state_name(IotWorkerState state);
-extern IotWorkerSlot *iotpipe_slot(int slotno);
-extern void iotpipe_worker_attach(int slotno, IotWorkerKind kind);
 extern void iotpipe_set_state(IotWorkerState state, const char *detail);
 extern void iotpipe_set_error(const char *fmt,...) pg_attribute_printf(1, 2);
 extern void iotpipe_clear_error(void);
 extern void iotpipe_count(uint64 messages, uint64 rows, uint64 rejected);
 extern void iotpipe_update_rate(void);
-extern bool iotpipe_should_stop(void);
 extern void iotpipe_wake_launcher_now(void);
-/* fn(arg) in a transaction of its own; false and *err on error, never throws */
-extern bool iotpipe_run_xact(void (*fn) (void *), void *arg, const char *what,
-							 bool spi, char **err);
-extern int	iotpipe_my_slot;
-extern int	iotpipe_my_config_gen(void);
 
 #endif							/* IOTPIPE_STATUS_H */

@@ -1,0 +1,359 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The runtime of iotpipe's background workers: start-up, the one wait
+ *	  primitive, the transaction wrapper, and the slot API.
+ *
+ *	  Every worker (launcher, simulator, Kafka consumer, ETL) starts with
+ *	  iotpipe_worker_init(), waits only in iotpipe_worker_wait() and runs
+ *	  its transactions through iotpipe_worker_xact().  Signals: SIGTERM and
+ *	  SIGHUP use PostgreSQL's standard handlers (postmaster/interrupt.h),
+ *	  which set ShutdownRequestPending / ConfigReloadPending and the latch,
+ *	  so every wait ends at once, whatever its timeout.
+ *
+ *	  Slots (shmem.h) are written under IotShared->lock, by the worker that
+ *	  owns one (attach, state, errors) and by the launcher through the slot
+ *	  API below (identity, generation, launch bookkeeping); the pg_atomic
+ *	  counters are the owner's and need no lock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "iotpipe.h"
+#include "guc.h"
+#include "status.h"
+#include "worker.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+static int	my_generation = 0;
+
+/* the wait set: latch and postmaster death, plus one socket when asked */
+static WaitEventSet *wait_set = NULL;
+static pgsocket wait_sock = PGINVALID_SOCKET;
+
+/* ---------- start-up ---------- */
+
+static void
+worker_detach(int code, Datum arg)
+{
+	IotWorkerSlot *slot = iotpipe_slot(DatumGetInt32(arg));
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->state = IOT_STATE_STOPPED;
+		slot->rate = 0;
+		if (code != 0 && slot->last_error[0] == '\0')
+			strlcpy(slot->last_error, "worker exited with an error", IOTPIPE_ERRLEN);
+	}
+	if (DatumGetInt32(arg) == IOT_SLOT_LAUNCHER)
+	{
+		iotpipe_shared->launcher_pid = 0;
+		iotpipe_shared->launcher_latch = NULL;
+	}
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+/*
+ * Claim a slot for the calling worker.  The slot keeps its counters across
+ * restarts of the worker by the launcher (they reset with shared memory).
+ */
+static void
+worker_attach(int slotno, IotWorkerKind kind)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->pid != 0 && slot->pid != MyProcPid)
+	{
+		int			other = slot->pid;
+
+		LWLockRelease(iotpipe_shared->lock);
+		ereport(LOG,
+				(errmsg("iotpipe worker slot %d is already taken by PID %d, exiting", slotno, other)));
+		proc_exit(0);
+	}
+	slot->pid = MyProcPid;
+	slot->kind = kind;
+	slot->state = IOT_STATE_STARTING;
+	slot->started_at = GetCurrentTimestamp();
+	slot->last_activity = slot->started_at;
+	my_generation = slot->generation;
+	if (slotno == IOT_SLOT_LAUNCHER)
+	{
+		iotpipe_shared->launcher_pid = MyProcPid;
+		iotpipe_shared->launcher_latch = &MyProc->procLatch;
+	}
+	LWLockRelease(iotpipe_shared->lock);
+
+	iotpipe_my_slot = slotno;
+	before_shmem_exit(worker_detach, Int32GetDatum(slotno));
+}
+
+void
+iotpipe_worker_init(int slotno, IotWorkerKind kind)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
+	worker_attach(slotno, kind);
+}
+
+/* ---------- waiting ---------- */
+
+void
+iotpipe_worker_handle_interrupts(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+static void
+build_wait_set(pgsocket sock)
+{
+	if (wait_set)
+		FreeWaitEventSet(wait_set);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (sock != PGINVALID_SOCKET)
+		AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, sock, NULL, NULL);
+	wait_sock = sock;
+}
+
+int
+iotpipe_worker_wait(long timeout_ms, pgsocket sock)
+{
+	WaitEvent	events[3];
+	int			n,
+				i,
+				rc = 0;
+
+	/* one set per socket, kept: no epoll set made and closed per wait */
+	if (wait_set == NULL || sock != wait_sock)
+		build_wait_set(sock);
+
+	n = WaitEventSetWait(wait_set, timeout_ms, events, lengthof(events), PG_WAIT_EXTENSION);
+	if (n == 0)
+		rc |= WL_TIMEOUT;
+	for (i = 0; i < n; i++)
+	{
+		rc |= events[i].events;
+		if (events[i].events & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+	}
+	iotpipe_worker_handle_interrupts();
+	return rc;
+}
+
+/*
+ * True when SIGTERM arrived, the launcher asked this worker to stop (it
+ * bumps the slot's generation) or the slot was taken over.
+ */
+bool
+iotpipe_worker_should_stop(void)
+{
+	IotWorkerSlot *slot;
+	bool		stop;
+
+	if (ShutdownRequestPending)
+		return true;
+	if (iotpipe_my_slot < 0)
+		return false;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+	stop = (slot->generation != my_generation || slot->pid != MyProcPid);
+	LWLockRelease(iotpipe_shared->lock);
+	return stop;
+}
+
+int
+iotpipe_my_config_gen(void)
+{
+	IotWorkerSlot *slot;
+	int			gen;
+
+	if (iotpipe_my_slot < 0)
+		return 0;
+	slot = iotpipe_slot(iotpipe_my_slot);
+	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+	gen = slot->config_gen;
+	LWLockRelease(iotpipe_shared->lock);
+	return gen;
+}
+
+/* ---------- transactions ---------- */
+
+/*
+ * Run fn(arg) in a transaction of its own, with a snapshot (and SPI
+ * connected when spi).  Never throws: on error the transaction is rolled
+ * back, *err gets the error message (in the caller's memory context) and
+ * false is returned.  Returns in the caller's memory context either way.
+ */
+bool
+iotpipe_run_xact(void (*fn) (void *), void *arg, const char *what, bool spi, char **err)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (spi && SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, what);
+		fn(arg);
+		if (spi)
+			SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(caller);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (err)
+			*err = MemoryContextStrdup(caller, edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	return ok;
+}
+
+bool
+iotpipe_worker_xact(void (*fn) (void *), void *arg, const char *what, bool spi)
+{
+	char	   *err = NULL;
+	char		name[IOTPIPE_NAMELEN] = "";
+
+	if (iotpipe_run_xact(fn, arg, what, spi, &err))
+		return true;
+	if (iotpipe_my_slot >= 0)
+	{
+		LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+		strlcpy(name, iotpipe_slot(iotpipe_my_slot)->name, sizeof(name));
+		LWLockRelease(iotpipe_shared->lock);
+	}
+	ereport(LOG, (errmsg("iotpipe %s: %s failed: %s", name, what, err)));
+	iotpipe_set_error("%s: %s", what, err);
+	pfree(err);
+	return false;
+}
+
+/* ---------- the slot API (launcher) ---------- */
+
+void
+iotpipe_slot_read(int slotno, IotWorkerSlot *copy)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
+	memcpy(copy, slot, offsetof(IotWorkerSlot, messages));
+	LWLockRelease(iotpipe_shared->lock);
+	pg_atomic_init_u64(&copy->messages, pg_atomic_read_u64(&slot->messages));
+	pg_atomic_init_u64(&copy->rows, pg_atomic_read_u64(&slot->rows));
+	pg_atomic_init_u64(&copy->rejected, pg_atomic_read_u64(&slot->rejected));
+	pg_atomic_init_u64(&copy->batches, pg_atomic_read_u64(&slot->batches));
+}
+
+void
+iotpipe_slot_prepare(int slotno, IotWorkerKind kind, int key, int index, int config_gen,
+					 const char *name)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	if (slot->state != IOT_STATE_FREE && slot->started_at != 0)
+		slot->restarts++;
+	slot->kind = kind;
+	slot->key = key;
+	slot->index = index;
+	slot->config_gen = config_gen;
+	strlcpy(slot->name, name, IOTPIPE_NAMELEN);
+	slot->state = IOT_STATE_STARTING;
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_slot_reset(int slotno)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	pg_atomic_write_u64(&slot->messages, 0);
+	pg_atomic_write_u64(&slot->rows, 0);
+	pg_atomic_write_u64(&slot->rejected, 0);
+	pg_atomic_write_u64(&slot->batches, 0);
+	slot->restarts = 0;
+	slot->started_at = 0;
+	slot->last_error[0] = '\0';
+	slot->last_error_at = 0;
+	slot->detail[0] = '\0';
+	slot->rate = 0;
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+int
+iotpipe_slot_request_stop(int slotno)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+	int			pid;
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	pid = slot->pid;
+	slot->generation++;
+	LWLockRelease(iotpipe_shared->lock);
+	return pid;
+}
+
+void
+iotpipe_slot_set_state(int slotno, IotWorkerState state, const char *detail)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	slot->state = state;
+	if (detail)
+		strlcpy(slot->detail, detail, IOTPIPE_ERRLEN);
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_slot_set_error(int slotno, const char *error)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->last_error, error, IOTPIPE_ERRLEN);
+	slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(iotpipe_shared->lock);
+}
