@@ -171,21 +171,16 @@ def load(a):
             "INSERT INTO iotpipe.kafka_offsets (topic, partition, next_offset)"
             " SELECT 'iot.readings', p, 1000000 FROM generate_series(0, 7) p"
         )
-        if c.execute(
-            "SELECT to_regclass('iotpipe.kafka_watermarks') IS NOT NULL"
-        ).fetchone()[0]:
-            c.execute(
-                "INSERT INTO iotpipe.kafka_watermarks (topic, partition, low_watermark, high_watermark)"
-                " SELECT 'iot.readings', p, 0, 1000000 + p * 10 FROM generate_series(0, 7) p"
-            )
+        c.execute(
+            "INSERT INTO iotpipe.kafka_watermarks (topic, partition, low_watermark, high_watermark)"
+            " SELECT 'iot.readings', p, 0, 1000000 + p * 10 FROM generate_series(0, 7) p"
+        )
         c.execute("VACUUM ANALYZE")
-        etl_s = None
-        if c.execute("SELECT to_regproc('iotpipe.run_etl') IS NOT NULL").fetchone()[0]:
-            print("running the warehouse ETL over everything ...", flush=True)
-            t = time.monotonic()
-            c.execute("SELECT iotpipe.run_etl()")
-            etl_s = time.monotonic() - t
-            c.execute("VACUUM ANALYZE")
+        print("running the warehouse ETL over everything ...", flush=True)
+        t = time.monotonic()
+        c.execute("SELECT iotpipe.run_etl()")
+        etl_s = time.monotonic() - t
+        c.execute("VACUUM ANALYZE")
     print(f"loaded in {load_s:.0f} s ({total / load_s:,.0f} rows/s)" +
           (f", ETL {etl_s:.0f} s" if etl_s else ""), flush=True)  # fmt: skip
 

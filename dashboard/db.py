@@ -93,17 +93,17 @@ def extension_version(conn: psycopg.Connection) -> str | None:
     return row[0] if row else None
 
 
-def relation_exists(conn: psycopg.Connection, name: str) -> bool:
-    return query_one(conn, "SELECT to_regclass(%s) IS NOT NULL", (name,))[0]
-
-
-def function_exists(conn: psycopg.Connection, schema: str, name: str) -> bool:
-    return query_one(
+def pending_update(conn: psycopg.Connection) -> tuple[str, str] | None:
+    """(installed, library) when the server's iotpipe library is newer than the
+    installed SQL (ALTER EXTENSION iotpipe UPDATE not run yet), else None."""
+    row = query_one(
         conn,
-        "SELECT EXISTS (SELECT FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "WHERE n.nspname = %s AND p.proname = %s)",
-        (schema, name),
-    )[0]
+        "SELECT installed_version, default_version FROM pg_available_extensions "
+        "WHERE name = 'iotpipe'",
+    )
+    if row and row[0] and row[0] != row[1]:
+        return row[0], row[1]
+    return None
 
 
 UNREACHABLE = "unreachable"

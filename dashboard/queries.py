@@ -331,13 +331,7 @@ SELECT worker, kind, pid, state, started_at, messages, rows, rejected, rate,
  ORDER BY worker
 """
 
-# The Kafka lag view is defined by the Kafka module; try the names it may carry.
-KAFKA_LAG_VIEWS = (
-    "iotpipe.kafka_lag",
-    "iotpipe.kafka_partition_lag",
-    "iotpipe.kafka_status",
-)
-KAFKA_OFFSETS = "SELECT topic, partition, next_offset, updated_at FROM iotpipe.kafka_offsets ORDER BY 1, 2"
+KAFKA_LAG = "SELECT * FROM iotpipe.kafka_lag ORDER BY 1, 2"
 
 ETL_RUNS = "SELECT * FROM iotpipe.etl_runs ORDER BY 1 DESC LIMIT %(limit)s"
 
@@ -372,12 +366,9 @@ def workers(conn) -> pd.DataFrame:
     return query_df(conn, WORKERS)
 
 
-def kafka_lag(conn) -> tuple[pd.DataFrame, str]:
-    """Kafka lag per partition from the Kafka module's view, else the committed offsets only."""
-    for view in KAFKA_LAG_VIEWS:
-        if query_one(conn, "SELECT to_regclass(%s) IS NOT NULL", (view,))[0]:
-            return query_df(conn, f"SELECT * FROM {view} ORDER BY 1, 2"), view
-    return query_df(conn, KAFKA_OFFSETS), "iotpipe.kafka_offsets"
+def kafka_lag(conn) -> pd.DataFrame:
+    """Kafka lag per partition (iotpipe.kafka_lag: committed offsets against watermarks)."""
+    return query_df(conn, KAFKA_LAG)
 
 
 def etl_runs(conn, limit: int = 20) -> pd.DataFrame:

@@ -89,6 +89,13 @@ def page_guard() -> psycopg.Connection:
             "(with `shared_preload_libraries = 'iotpipe'`) and reload this page."
         )
         st.stop()
+    pending = db.pending_update(c)
+    if pending:
+        st.error(
+            f"**iotpipe {pending[0]} is installed, but the server runs the {pending[1]} library.** "
+            "The workers wait until an administrator runs `ALTER EXTENSION iotpipe UPDATE;`."
+        )
+        st.stop()
     return c
 
 
@@ -106,10 +113,6 @@ def section(what: str):
             st.info(db.describe_error(e, what))
         else:
             st.warning(db.describe_error(e, what))
-
-
-def has_relation(c, name: str) -> bool:
-    return db.relation_exists(c, name)
 
 
 # ---------------------------------------------------------------------------

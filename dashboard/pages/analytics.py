@@ -13,13 +13,6 @@ from dashboard import report, ui
 st.title("Analytics")
 c = ui.page_guard()
 
-if not ui.has_relation(c, "iotpipe_dw.fact_sensor_hourly"):
-    st.info(
-        "The warehouse (schema iotpipe_dw) is not available yet: the analytics appear once it is "
-        "installed and iotpipe.run_etl() has run."
-    )
-    st.stop()
-
 
 @st.cache_data(ttl=30, show_spinner=False)
 def load(d_from, d_to, locations):

@@ -137,24 +137,17 @@ def dash():
     db.execute(
         "INSERT INTO iotpipe.kafka_offsets (topic, partition, next_offset) VALUES ('dash-test', 0, 100), ('dash-test', 1, 250)"
     )
-    if db.execute(
-        "SELECT to_regclass('iotpipe.kafka_watermarks') IS NOT NULL"
-    ).fetchone()[0]:
-        db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
-        db.execute(
-            "INSERT INTO iotpipe.kafka_watermarks (topic, partition, low_watermark, high_watermark)"
-            " VALUES ('dash-test', 0, 0, 130), ('dash-test', 1, 0, 250)"
-        )
+    db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
+    db.execute(
+        "INSERT INTO iotpipe.kafka_watermarks (topic, partition, low_watermark, high_watermark)"
+        " VALUES ('dash-test', 0, 0, 130), ('dash-test', 1, 0, 250)"
+    )
     a1 = fire_alert(db, "dash-0001", 95.5)  # acknowledged from AppTest
     a2 = fire_alert(db, "dash-0002", 91.0)  # acknowledged in the browser
-    if db.execute("SELECT to_regproc('iotpipe.run_etl') IS NOT NULL").fetchone()[0]:
-        db.execute("SELECT iotpipe.run_etl()")
+    db.execute("SELECT iotpipe.run_etl()")
     yield {"db": db, "alerts": (a1, a2)}
     db.execute("DELETE FROM iotpipe.kafka_offsets WHERE topic = 'dash-test'")
-    if db.execute(
-        "SELECT to_regclass('iotpipe.kafka_watermarks') IS NOT NULL"
-    ).fetchone()[0]:
-        db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
+    db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
     db.execute(
         "UPDATE iotpipe.alert_rules SET enabled = false WHERE name = %s", (RULE,)
     )
@@ -276,12 +269,6 @@ def test_operations_page(dash):
 def test_analytics_page(dash):
     db = dash["db"]
     at = run_page(app_test(), "pages/analytics.py")
-    has_dw = db.execute(
-        "SELECT to_regclass('iotpipe_dw.fact_sensor_hourly') IS NOT NULL"
-    ).fetchone()[0]
-    if not has_dw:
-        assert "not available yet" in texts(at)
-        return
     lo, hi = db.execute(
         "SELECT min(hour_start), max(hour_start) FROM iotpipe_dw.fact_sensor_hourly"
     ).fetchone()
@@ -389,6 +376,33 @@ def test_extension_missing():
         assert any("extension is not installed" in e.value for e in at.error), [
             e.value for e in at.error
         ]
+
+
+def test_extension_waiting_for_update():
+    """A database still at 0.1.0 under the newer library: every page says so."""
+    with connect("postgres") as c:
+        c.execute("DROP DATABASE IF EXISTS iotpipe_dash_old")
+        c.execute("CREATE DATABASE iotpipe_dash_old")
+    try:
+        with connect("iotpipe_dash_old") as c:
+            c.execute("CREATE EXTENSION iotpipe VERSION '0.1.0'")
+            library = c.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'iotpipe'"
+            ).fetchone()[0]
+        assert library != "0.1.0"
+        for page in (None, "pages/analytics.py", "pages/system.py"):
+            at = run_page(
+                app_test(f"postgresql://postgres@127.0.0.1:{PORT}/iotpipe_dash_old"),
+                page,
+            )
+            want = (
+                f"iotpipe 0.1.0 is installed, but the server runs the {library} library"
+            )
+            assert any(want in e.value for e in at.error), [e.value for e in at.error]
+            assert any("ALTER EXTENSION iotpipe UPDATE" in e.value for e in at.error)
+    finally:
+        with connect("postgres") as c:
+            c.execute("DROP DATABASE IF EXISTS iotpipe_dash_old WITH (FORCE)")
 
 
 # ---------------------------------------------------------------------------
@@ -535,41 +549,34 @@ def test_browser(dash, server, browser):
     # Analytics
     d.set_window_size(1600, 1150)
     d.get(server + "analytics")
-    has_dw = db.execute(
-        "SELECT to_regclass('iotpipe_dw.fact_sensor_hourly') IS NOT NULL"
-    ).fetchone()[0]
-    if has_dw:
-        wait_text(d, "Analytics", "Readings", "Completeness", "Download report (PDF)")
-    else:
-        wait_text(d, "Analytics", "not available yet")
+    wait_text(d, "Analytics", "Readings", "Completeness", "Download report (PDF)")
     time.sleep(2)  # let the charts finish drawing for the screenshot
     d.save_screenshot(os.path.join(IMG, "analytics.png"))
-    if has_dw:
-        # the PDF button builds the report on click and the browser downloads it
-        downloads = os.path.join(DIR, "downloads")
-        shutil.rmtree(downloads, ignore_errors=True)
-        os.makedirs(downloads)
-        d.execute_cdp_cmd(
-            "Browser.setDownloadBehavior",
-            {"behavior": "allow", "downloadPath": downloads},
-        )
+    # the PDF button builds the report on click and the browser downloads it
+    downloads = os.path.join(DIR, "downloads")
+    shutil.rmtree(downloads, ignore_errors=True)
+    os.makedirs(downloads)
+    d.execute_cdp_cmd(
+        "Browser.setDownloadBehavior",
+        {"behavior": "allow", "downloadPath": downloads},
+    )
 
-        def click_pdf():
-            for b in d.find_elements(By.TAG_NAME, "button"):
-                if b.text.strip() == "Download report (PDF)":
-                    b.click()
-                    return True
-            return False
+    def click_pdf():
+        for b in d.find_elements(By.TAG_NAME, "button"):
+            if b.text.strip() == "Download report (PDF)":
+                b.click()
+                return True
+        return False
 
-        poll(click_pdf, timeout=10, interval=0.3, what="the PDF button")
+    poll(click_pdf, timeout=10, interval=0.3, what="the PDF button")
 
-        def downloaded():
-            done = [f for f in os.listdir(downloads) if f.endswith(".pdf")]
-            return done and os.path.join(downloads, done[0])
+    def downloaded():
+        done = [f for f in os.listdir(downloads) if f.endswith(".pdf")]
+        return done and os.path.join(downloads, done[0])
 
-        pdf = poll(downloaded, timeout=30, interval=0.3, what="the PDF download")
-        with open(pdf, "rb") as f:
-            assert f.read(5) == b"%PDF-"
+    pdf = poll(downloaded, timeout=30, interval=0.3, what="the PDF download")
+    with open(pdf, "rb") as f:
+        assert f.read(5) == b"%PDF-"
 
     # System
     d.set_window_size(1600, 2050)
