@@ -29,8 +29,13 @@ typedef struct FiringEntry
 
 /* the rules loaded last; valid until the next refresh or abort */
 extern AlertRuleSet iotpipe_alert_rules;
-/* bumped whenever the rules (or the whole cache) are reloaded */
+
+/*
+ * Generations, bumped whenever the rules (or the firing set) are reloaded or
+ * dropped: a sensor's states are current when built and synced for these.
+ */
 extern uint64 iotpipe_alert_rules_gen;
+extern uint64 iotpipe_alert_firing_gen;
 
 /* _PG_init: the shared-memory request and startup hooks of the engine */
 extern void iotpipe_alert_cache_init(void);
@@ -46,13 +51,12 @@ extern int	iotpipe_alert_cache_refresh(void);
  * The state of the reading's sensor: found or created, its location kept
  * current (a move brings other rules in scope).  Unless
  * iotpipe_alert_sensor_current(), call iotpipe_alert_sensor_sync() before
- * evaluating; a rebuild (iotpipe_alert_sensor_stale()) frees the old rule
- * states, so flush the queued events that point into them first.
+ * evaluating: it rebuilds the rule states for the current rules when
+ * iotpipe_alert_sensor_stale() (freeing the old ones: flush the queued
+ * events that point into them first) and syncs them with the firing set.
  */
 extern SensorState *iotpipe_alert_sensor(const IotReading *rd);
 extern void iotpipe_alert_sensor_sync(SensorState *se);
-
-extern uint64 iotpipe_alert_firing_gen;
 
 static inline bool
 iotpipe_alert_sensor_stale(const SensorState *se)
