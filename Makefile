@@ -17,6 +17,10 @@ OBJS = \
 	src/simulator.o \
 	src/simgen.o \
 	src/alerts.o \
+	src/alert_cache.o \
+	src/alert_eval.o \
+	src/alert_write.o \
+	src/alert_timer.o \
 	src/kafka.o \
 	src/etl.o \
 	src/spiutil.o \

@@ -8,10 +8,11 @@
 #ifndef IOTPIPE_ALERTS_H
 #define IOTPIPE_ALERTS_H
 
-#include "ingest.h"
+#include "jsonmsg.h"
+#include "alert_timer.h"		/* iotpipe_alerts_tick(), for the launcher */
 
-extern void iotpipe_alerts_process_batch(IotBatch *batch);
-extern void iotpipe_alerts_tick(void);	/* timers (offline); in a transaction */
+/* evaluate the accepted readings of a batch, in input order (SPI connected) */
+extern void iotpipe_alerts_process(const IotReading *readings, int n);
 extern void iotpipe_alerts_init(void);
 
 #endif							/* IOTPIPE_ALERTS_H */

@@ -721,7 +721,7 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 		{
 			iotpipe_sensors_note(batch->readings, batch->nreadings);
 			iotpipe_sensors_write(false);
-			iotpipe_alerts_process_batch(batch);
+			iotpipe_alerts_process(iotpipe_batch_readings(batch), iotpipe_batch_nreadings(batch));
 		}
 		if (batch->nrejects > 0)
 			write_dead_letters(batch);
