@@ -26,6 +26,7 @@
 #include "guc.h"
 #include "partition.h"
 #include "sensors.h"
+#include "spiutil.h"
 #include "ingest.h"
 
 #include "access/table.h"
@@ -622,8 +623,6 @@ write_dead_letters(IotBatch *batch)
 	Datum	   *payloads = palloc(sizeof(Datum) * n);
 	Datum	   *errors = palloc(sizeof(Datum) * n);
 	bool	   *coordnulls = palloc(sizeof(bool) * n);
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
 	Datum		args[6];
 	int			i;
 	int			ret;
@@ -645,28 +644,23 @@ write_dead_letters(IotBatch *batch)
 		/* the reason is ASCII or valid UTF-8 built by us */
 		errors[i] = PointerGetDatum(cstring_to_text(rej->reason));
 	}
-	args[0] = PointerGetDatum(construct_array(sources, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_md_array(topics, coordnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_md_array(parts, coordnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_md_array(offsets, coordnulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = iotpipe_text_array(sources, NULL, n);
+	args[1] = iotpipe_text_array(topics, coordnulls, n);
+	args[2] = iotpipe_byval_array(parts, coordnulls, n, INT4OID);
+	args[3] = iotpipe_byval_array(offsets, coordnulls, n, INT8OID);
 	args[4] = PointerGetDatum(construct_array(payloads, n, BYTEAOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_array(errors, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[5] = iotpipe_text_array(errors, NULL, n);
 
 	if (dead_letters_plan == NULL)
 	{
-		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
-		1001 /* bytea[] */ , TEXTARRAYOID};
-		SPIPlanPtr	plan;
+		static const Oid types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID, TEXTARRAYOID};
 
-		plan = SPI_prepare("INSERT INTO iotpipe.dead_letters "
-						   "  (source, topic, partition, \"offset\", payload, error) "
-						   "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
-						   6, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the dead letters insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		dead_letters_plan = plan;
+		dead_letters_plan =
+			iotpipe_keep_plan("INSERT INTO iotpipe.dead_letters "
+							  "  (source, topic, partition, \"offset\", payload, error) "
+							  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
+							  6, types, 0);
 	}
 	ret = SPI_execute_plan(dead_letters_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
