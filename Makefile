@@ -18,7 +18,10 @@ OBJS = \
 	src/simgen.o \
 	src/alerts.o \
 	src/kafka.o \
-	src/etl.o \
+	src/etl_collect.o \
+	src/etl_transform.o \
+	src/etl_write.o \
+	src/bulkwrite.o \
 	src/spiutil.o \
 	src/version.o
 

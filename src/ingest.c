@@ -23,6 +23,7 @@
  */
 #include "iotpipe.h"
 #include "alerts.h"
+#include "bulkwrite.h"
 #include "guc.h"
 #include "partition.h"
 #include "sensors.h"
@@ -300,32 +301,20 @@ iotpipe_relid(const char *relname)
 /*
  * The direct path: the rows go into their partitions with multi-inserts and
  * index insertion as COPY does it (routing by PostgreSQL's own partition
- * tuple routing, NOT NULL and CHECK constraints enforced), but without
- * encoding every value into COPY's binary format and parsing it back.  Only
- * for the plain table iotpipe creates: with triggers, row security,
- * generated columns, foreign partitions or a partition whose columns are laid
- * out differently, returns false before writing anything, and the caller
- * uses COPY, which knows all of that.
+ * tuple routing, NOT NULL and CHECK constraints enforced: bulkwrite.c), but
+ * without encoding every value into COPY's binary format and parsing it
+ * back.  Only for the plain table iotpipe creates: with triggers, row
+ * security, generated columns, foreign partitions or a partition whose
+ * columns are laid out differently, returns false before writing anything,
+ * and the caller uses COPY, which knows all of that.
  */
-#define DIRECT_BUFFERED 1000
-
-typedef struct DirectPart
-{
-	ResultRelInfo *rri;
-	BulkInsertState bis;
-	TupleTableSlot *slots[DIRECT_BUFFERED];
-	int			nalloc;
-	int			n;
-} DirectPart;
-
-static void
-direct_fill(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location,
-			TimestampTz ingested_at, FullTransactionId xid)
+static inline void
+direct_values(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location,
+			  TimestampTz ingested_at, FullTransactionId xid)
 {
 	Datum	   *v = slot->tts_values;
 	bool	   *n = slot->tts_isnull;
 
-	ExecClearTuple(slot);
 	v[0] = sensor_id;
 	n[0] = false;
 	v[1] = TimestampTzGetDatum(r->ts);
@@ -340,29 +329,6 @@ direct_fill(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location
 	n[5] = false;
 	v[6] = FullTransactionIdGetDatum(xid);
 	n[6] = false;
-	ExecStoreVirtualTuple(slot);
-}
-
-/* see iotpipe.h */
-void
-iotpipe_multi_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot **slots, int n,
-					 int options, BulkInsertState bis)
-{
-	if (n == 0)
-		return;
-	table_multi_insert(rri->ri_RelationDesc, slots, n, GetCurrentCommandId(true), options, bis);
-	for (int i = 0; i < n; i++)
-	{
-		if (rri->ri_NumIndices > 0)
-		{
-			List	   *recheck;
-
-			ResetPerTupleExprContext(estate);
-			recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
-			list_free(recheck);
-		}
-		ExecClearTuple(slots[i]);
-	}
 }
 
 /* a text datum in buf (sized by the caller), 1-byte header when it fits */
@@ -394,30 +360,26 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, TEXTOID, TIMESTAMPTZOID, XID8OID
 	};
 	TupleDesc	desc = RelationGetDescr(rel);
-	EState	   *estate;
-	ResultRelInfo *root;
-	ModifyTableState *mtstate;
-	PartitionTupleRouting *proute;
+	BulkWriter *w;
 	TupleTableSlot *rootslot;
-	ResultRelInfo **dest;
+	BulkTarget **dest;
 	Datum	   *ids,
 			   *locs;
 	char	   *text_buf;
 	size_t		text_size = 0;
-	DirectPart *parts = NULL;
-	int			nparts = 0;
 	bool		ok = true;
 	TimestampTz ingested_at = GetCurrentTimestamp();
 	FullTransactionId xid = GetTopFullTransactionId();
 
-	/* the table as iotpipe made it */
-	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc != NULL ||
-		rel->rd_rel->relrowsecurity || desc->natts != READINGS_NATTS ||
-		(desc->constr && desc->constr->has_generated_stored))
+	/* the table as iotpipe made it (the bulk writer checks the rest) */
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || desc->natts != READINGS_NATTS)
 		return false;
 	for (int i = 0; i < READINGS_NATTS; i++)
 		if (TupleDescAttr(desc, i)->attisdropped || TupleDescAttr(desc, i)->atttypid != types[i])
 			return false;
+	w = iotpipe_bulk_open_routed(rel, rtable);
+	if (w == NULL)
+		return false;
 
 	/* the text values, in one buffer */
 	for (int i = 0; i < batch->nreadings; i++)
@@ -437,94 +399,33 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		}
 	}
 
-	estate = CreateExecutorState();
-	ExecInitRangeTable(estate, rtable);
-	root = makeNode(ResultRelInfo);
-	ExecInitResultRelation(estate, root, 1);
-	CheckValidResultRel(root, CMD_INSERT);
-	mtstate = makeNode(ModifyTableState);
-	mtstate->ps.plan = NULL;
-	mtstate->ps.state = estate;
-	mtstate->operation = CMD_INSERT;
-	mtstate->mt_nrels = 1;
-	mtstate->resultRelInfo = root;
-	mtstate->rootResultRelInfo = root;
-	proute = ExecSetupPartitionTupleRouting(estate, rel);
-	rootslot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-
 	/* route every row first: nothing is written unless all can go direct */
-	dest = palloc(sizeof(ResultRelInfo *) * batch->nreadings);
-	for (int i = 0; i < batch->nreadings && ok; i++)
+	rootslot = iotpipe_bulk_root_slot(w);
+	dest = palloc(sizeof(BulkTarget *) * batch->nreadings);
+	for (int i = 0; i < batch->nreadings; i++)
 	{
-		ResultRelInfo *prri;
-		int			k;
-
-		direct_fill(rootslot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
-		prri = ExecFindPartition(mtstate, root, proute, rootslot, estate);
-		dest[i] = prri;
-		for (k = 0; k < nparts; k++)
-			if (parts[k].rri == prri)
-				break;
-		if (k < nparts)
-			continue;
-		if (prri->ri_TrigDesc != NULL || prri->ri_FdwRoutine != NULL ||
-			prri->ri_RootToPartitionMap != NULL ||
-			prri->ri_RelationDesc->rd_rel->relkind != RELKIND_RELATION ||
-			prri->ri_RelationDesc->rd_rel->relrowsecurity ||
-			(prri->ri_RelationDesc->rd_att->constr &&
-			 prri->ri_RelationDesc->rd_att->constr->has_generated_stored))
+		ExecClearTuple(rootslot);
+		direct_values(rootslot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+		ExecStoreVirtualTuple(rootslot);
+		dest[i] = iotpipe_bulk_route(w, rootslot);
+		if (dest[i] == NULL)
 		{
 			ok = false;
 			break;
 		}
-		parts = parts ? repalloc(parts, sizeof(DirectPart) * (nparts + 1)) : palloc(sizeof(DirectPart));
-		memset(&parts[nparts], 0, sizeof(DirectPart));
-		parts[nparts].rri = prri;
-		parts[nparts].bis = GetBulkInsertState();
-		nparts++;
 	}
 
 	if (ok)
 	{
 		for (int i = 0; i < batch->nreadings; i++)
 		{
-			DirectPart *p = NULL;
-			TupleTableSlot *slot;
+			TupleTableSlot *slot = iotpipe_bulk_slot(w, dest[i]);
 
-			for (int k = 0; k < nparts; k++)
-				if (parts[k].rri == dest[i])
-				{
-					p = &parts[k];
-					break;
-				}
-			Assert(p != NULL);
-			if (p->n == DIRECT_BUFFERED)
-			{
-				iotpipe_multi_insert(p->rri, estate, p->slots, p->n, 0, p->bis);
-				p->n = 0;
-			}
-			if (p->n == p->nalloc)
-				p->slots[p->nalloc++] = table_slot_create(p->rri->ri_RelationDesc, &estate->es_tupleTable);
-			slot = p->slots[p->n++];
-			direct_fill(slot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
-			if (p->rri->ri_RelationDesc->rd_att->constr)
-				ExecConstraints(p->rri, slot, estate);
-		}
-		for (int k = 0; k < nparts; k++)
-		{
-			iotpipe_multi_insert(parts[k].rri, estate, parts[k].slots, parts[k].n, 0,
-								 parts[k].bis);
-			table_finish_bulk_insert(parts[k].rri->ri_RelationDesc, 0);
+			direct_values(slot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+			iotpipe_bulk_store(w, dest[i], slot);
 		}
 	}
-	for (int k = 0; k < nparts; k++)
-		FreeBulkInsertState(parts[k].bis);
-
-	ExecCleanupTupleRouting(mtstate, proute);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	ExecCloseResultRelations(estate);
-	ExecCloseRangeTableRelations(estate);
-	FreeExecutorState(estate);
+	iotpipe_bulk_close(w, !ok);
 	return ok;
 }
 
