@@ -347,7 +347,9 @@ iotpipe_bulk_close(BulkWriter *w, bool discard)
 	}
 	else
 	{
-		ExecResetTupleTable(w->estate->es_tupleTable, false);
+		/* the slots were made in the caller's context: free them */
+		ExecResetTupleTable(w->estate->es_tupleTable, true);
+		w->estate->es_tupleTable = NIL;
 		ExecCloseIndices(w->targets[0]->rri);
 		FreeExecutorState(w->estate);
 		table_close(w->rel, NoLock);

@@ -8,7 +8,8 @@
  *	      1. make sure the daily partitions exist (partition.c)
  *	      2. write accepted readings straight into their partitions
  *	         (tuple routing, multi-insert, indexes, constraints, as COPY
- *	         does), or with COPY FROM an in-memory binary stream when the
+ *	         does: the bulk writer, bulkwrite.c, shared with the ETL), or
+ *	         with COPY FROM an in-memory binary stream when the
  *	         table has triggers or other things only COPY handles
  *	      3. note the batch's sensors and upsert those due (sensors.c)
  *	      4. run the alert engine over the accepted readings (alerts.c)
@@ -37,7 +38,6 @@
 #include "commands/copy.h"
 #include "access/heapam.h"
 #include "access/tableam.h"
-#include "executor/execPartition.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
