@@ -234,7 +234,8 @@ iotpipe_bulk_open_routed(Relation rel, List *rtable)
 	ResultRelInfo *root;
 	ModifyTableState *mtstate;
 
-	if (!bulk_rel_direct(rel))
+	if ((rel->rd_rel->relkind != RELKIND_RELATION &&
+		 rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE) || !bulk_rel_direct(rel))
 		return NULL;
 
 	w = palloc0(sizeof(BulkWriter));

@@ -44,7 +44,7 @@ extern BulkWriter *iotpipe_bulk_open_table(const char *schema, const char *table
  * PostgreSQL's tuple routing, NOT NULL and CHECK constraints are checked
  * (as COPY does).  Returns NULL, having done nothing, when the table has
  * what only the executor or COPY handle: triggers, row security, generated
- * columns.  The caller keeps rel open and closes it.
+ * columns, or is not a table (a foreign table, a view).  The caller keeps rel open and closes it.
  */
 extern BulkWriter *iotpipe_bulk_open_routed(Relation rel, List *rtable);
 
