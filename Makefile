@@ -22,7 +22,10 @@ OBJS = \
 	src/alert_write.o \
 	src/alert_timer.o \
 	src/kafka.o \
-	src/etl.o \
+	src/etl_collect.o \
+	src/etl_transform.o \
+	src/etl_write.o \
+	src/bulkwrite.o \
 	src/spiutil.o \
 	src/version.o \
 	src/worker.o

@@ -8,7 +8,8 @@
  *	      1. make sure the daily partitions exist (partition.c)
  *	      2. write accepted readings straight into their partitions
  *	         (tuple routing, multi-insert, indexes, constraints, as COPY
- *	         does), or with COPY FROM an in-memory binary stream when the
+ *	         does: the bulk writer, bulkwrite.c, shared with the ETL), or
+ *	         with COPY FROM an in-memory binary stream when the
  *	         table has triggers or other things only COPY handles
  *	      3. note the batch's sensors and upsert those due (sensors.c)
  *	      4. run the alert engine over the accepted readings (alerts.c)
@@ -23,9 +24,11 @@
  */
 #include "iotpipe.h"
 #include "alerts.h"
+#include "bulkwrite.h"
 #include "guc.h"
 #include "partition.h"
 #include "sensors.h"
+#include "spiutil.h"
 #include "ingest.h"
 
 #include "access/table.h"
@@ -35,7 +38,6 @@
 #include "commands/copy.h"
 #include "access/heapam.h"
 #include "access/tableam.h"
-#include "executor/execPartition.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -299,32 +301,20 @@ iotpipe_relid(const char *relname)
 /*
  * The direct path: the rows go into their partitions with multi-inserts and
  * index insertion as COPY does it (routing by PostgreSQL's own partition
- * tuple routing, NOT NULL and CHECK constraints enforced), but without
- * encoding every value into COPY's binary format and parsing it back.  Only
- * for the plain table iotpipe creates: with triggers, row security,
- * generated columns, foreign partitions or a partition whose columns are laid
- * out differently, returns false before writing anything, and the caller
- * uses COPY, which knows all of that.
+ * tuple routing, NOT NULL and CHECK constraints enforced: bulkwrite.c), but
+ * without encoding every value into COPY's binary format and parsing it
+ * back.  Only for the plain table iotpipe creates: with triggers, row
+ * security, generated columns, foreign partitions or a partition whose
+ * columns are laid out differently, returns false before writing anything,
+ * and the caller uses COPY, which knows all of that.
  */
-#define DIRECT_BUFFERED 1000
-
-typedef struct DirectPart
-{
-	ResultRelInfo *rri;
-	BulkInsertState bis;
-	TupleTableSlot *slots[DIRECT_BUFFERED];
-	int			nalloc;
-	int			n;
-} DirectPart;
-
-static void
-direct_fill(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location,
-			TimestampTz ingested_at, FullTransactionId xid)
+static inline void
+direct_values(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location,
+			  TimestampTz ingested_at, FullTransactionId xid)
 {
 	Datum	   *v = slot->tts_values;
 	bool	   *n = slot->tts_isnull;
 
-	ExecClearTuple(slot);
 	v[0] = sensor_id;
 	n[0] = false;
 	v[1] = TimestampTzGetDatum(r->ts);
@@ -339,29 +329,6 @@ direct_fill(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location
 	n[5] = false;
 	v[6] = FullTransactionIdGetDatum(xid);
 	n[6] = false;
-	ExecStoreVirtualTuple(slot);
-}
-
-/* see iotpipe.h */
-void
-iotpipe_multi_insert(ResultRelInfo *rri, EState *estate, TupleTableSlot **slots, int n,
-					 int options, BulkInsertState bis)
-{
-	if (n == 0)
-		return;
-	table_multi_insert(rri->ri_RelationDesc, slots, n, GetCurrentCommandId(true), options, bis);
-	for (int i = 0; i < n; i++)
-	{
-		if (rri->ri_NumIndices > 0)
-		{
-			List	   *recheck;
-
-			ResetPerTupleExprContext(estate);
-			recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
-			list_free(recheck);
-		}
-		ExecClearTuple(slots[i]);
-	}
 }
 
 /* a text datum in buf (sized by the caller), 1-byte header when it fits */
@@ -393,30 +360,26 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, TEXTOID, TIMESTAMPTZOID, XID8OID
 	};
 	TupleDesc	desc = RelationGetDescr(rel);
-	EState	   *estate;
-	ResultRelInfo *root;
-	ModifyTableState *mtstate;
-	PartitionTupleRouting *proute;
+	BulkWriter *w;
 	TupleTableSlot *rootslot;
-	ResultRelInfo **dest;
+	BulkTarget **dest;
 	Datum	   *ids,
 			   *locs;
 	char	   *text_buf;
 	size_t		text_size = 0;
-	DirectPart *parts = NULL;
-	int			nparts = 0;
 	bool		ok = true;
 	TimestampTz ingested_at = GetCurrentTimestamp();
 	FullTransactionId xid = GetTopFullTransactionId();
 
-	/* the table as iotpipe made it */
-	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || rel->trigdesc != NULL ||
-		rel->rd_rel->relrowsecurity || desc->natts != READINGS_NATTS ||
-		(desc->constr && desc->constr->has_generated_stored))
+	/* the table as iotpipe made it (the bulk writer checks the rest) */
+	if (rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE || desc->natts != READINGS_NATTS)
 		return false;
 	for (int i = 0; i < READINGS_NATTS; i++)
 		if (TupleDescAttr(desc, i)->attisdropped || TupleDescAttr(desc, i)->atttypid != types[i])
 			return false;
+	w = iotpipe_bulk_open_routed(rel, rtable);
+	if (w == NULL)
+		return false;
 
 	/* the text values, in one buffer */
 	for (int i = 0; i < batch->nreadings; i++)
@@ -436,94 +399,33 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		}
 	}
 
-	estate = CreateExecutorState();
-	ExecInitRangeTable(estate, rtable);
-	root = makeNode(ResultRelInfo);
-	ExecInitResultRelation(estate, root, 1);
-	CheckValidResultRel(root, CMD_INSERT);
-	mtstate = makeNode(ModifyTableState);
-	mtstate->ps.plan = NULL;
-	mtstate->ps.state = estate;
-	mtstate->operation = CMD_INSERT;
-	mtstate->mt_nrels = 1;
-	mtstate->resultRelInfo = root;
-	mtstate->rootResultRelInfo = root;
-	proute = ExecSetupPartitionTupleRouting(estate, rel);
-	rootslot = ExecInitExtraTupleSlot(estate, desc, &TTSOpsVirtual);
-
 	/* route every row first: nothing is written unless all can go direct */
-	dest = palloc(sizeof(ResultRelInfo *) * batch->nreadings);
-	for (int i = 0; i < batch->nreadings && ok; i++)
+	rootslot = iotpipe_bulk_root_slot(w);
+	dest = palloc(sizeof(BulkTarget *) * batch->nreadings);
+	for (int i = 0; i < batch->nreadings; i++)
 	{
-		ResultRelInfo *prri;
-		int			k;
-
-		direct_fill(rootslot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
-		prri = ExecFindPartition(mtstate, root, proute, rootslot, estate);
-		dest[i] = prri;
-		for (k = 0; k < nparts; k++)
-			if (parts[k].rri == prri)
-				break;
-		if (k < nparts)
-			continue;
-		if (prri->ri_TrigDesc != NULL || prri->ri_FdwRoutine != NULL ||
-			prri->ri_RootToPartitionMap != NULL ||
-			prri->ri_RelationDesc->rd_rel->relkind != RELKIND_RELATION ||
-			prri->ri_RelationDesc->rd_rel->relrowsecurity ||
-			(prri->ri_RelationDesc->rd_att->constr &&
-			 prri->ri_RelationDesc->rd_att->constr->has_generated_stored))
+		ExecClearTuple(rootslot);
+		direct_values(rootslot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+		ExecStoreVirtualTuple(rootslot);
+		dest[i] = iotpipe_bulk_route(w, rootslot);
+		if (dest[i] == NULL)
 		{
 			ok = false;
 			break;
 		}
-		parts = parts ? repalloc(parts, sizeof(DirectPart) * (nparts + 1)) : palloc(sizeof(DirectPart));
-		memset(&parts[nparts], 0, sizeof(DirectPart));
-		parts[nparts].rri = prri;
-		parts[nparts].bis = GetBulkInsertState();
-		nparts++;
 	}
 
 	if (ok)
 	{
 		for (int i = 0; i < batch->nreadings; i++)
 		{
-			DirectPart *p = NULL;
-			TupleTableSlot *slot;
+			TupleTableSlot *slot = iotpipe_bulk_slot(w, dest[i]);
 
-			for (int k = 0; k < nparts; k++)
-				if (parts[k].rri == dest[i])
-				{
-					p = &parts[k];
-					break;
-				}
-			Assert(p != NULL);
-			if (p->n == DIRECT_BUFFERED)
-			{
-				iotpipe_multi_insert(p->rri, estate, p->slots, p->n, 0, p->bis);
-				p->n = 0;
-			}
-			if (p->n == p->nalloc)
-				p->slots[p->nalloc++] = table_slot_create(p->rri->ri_RelationDesc, &estate->es_tupleTable);
-			slot = p->slots[p->n++];
-			direct_fill(slot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
-			if (p->rri->ri_RelationDesc->rd_att->constr)
-				ExecConstraints(p->rri, slot, estate);
-		}
-		for (int k = 0; k < nparts; k++)
-		{
-			iotpipe_multi_insert(parts[k].rri, estate, parts[k].slots, parts[k].n, 0,
-								 parts[k].bis);
-			table_finish_bulk_insert(parts[k].rri->ri_RelationDesc, 0);
+			direct_values(slot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+			iotpipe_bulk_store(w, dest[i], slot);
 		}
 	}
-	for (int k = 0; k < nparts; k++)
-		FreeBulkInsertState(parts[k].bis);
-
-	ExecCleanupTupleRouting(mtstate, proute);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	ExecCloseResultRelations(estate);
-	ExecCloseRangeTableRelations(estate);
-	FreeExecutorState(estate);
+	iotpipe_bulk_close(w, !ok);
 	return ok;
 }
 
@@ -622,8 +524,6 @@ write_dead_letters(IotBatch *batch)
 	Datum	   *payloads = palloc(sizeof(Datum) * n);
 	Datum	   *errors = palloc(sizeof(Datum) * n);
 	bool	   *coordnulls = palloc(sizeof(bool) * n);
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
 	Datum		args[6];
 	int			i;
 	int			ret;
@@ -645,28 +545,23 @@ write_dead_letters(IotBatch *batch)
 		/* the reason is ASCII or valid UTF-8 built by us */
 		errors[i] = PointerGetDatum(cstring_to_text(rej->reason));
 	}
-	args[0] = PointerGetDatum(construct_array(sources, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_md_array(topics, coordnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_md_array(parts, coordnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_md_array(offsets, coordnulls, 1, dims, lbs, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = iotpipe_text_array(sources, NULL, n);
+	args[1] = iotpipe_text_array(topics, coordnulls, n);
+	args[2] = iotpipe_byval_array(parts, coordnulls, n, INT4OID);
+	args[3] = iotpipe_byval_array(offsets, coordnulls, n, INT8OID);
 	args[4] = PointerGetDatum(construct_array(payloads, n, BYTEAOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_array(errors, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[5] = iotpipe_text_array(errors, NULL, n);
 
 	if (dead_letters_plan == NULL)
 	{
-		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
-		1001 /* bytea[] */ , TEXTARRAYOID};
-		SPIPlanPtr	plan;
+		static const Oid types[6] = {TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID, TEXTARRAYOID};
 
-		plan = SPI_prepare("INSERT INTO iotpipe.dead_letters "
-						   "  (source, topic, partition, \"offset\", payload, error) "
-						   "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
-						   6, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the dead letters insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		dead_letters_plan = plan;
+		dead_letters_plan =
+			iotpipe_keep_plan("INSERT INTO iotpipe.dead_letters "
+							  "  (source, topic, partition, \"offset\", payload, error) "
+							  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
+							  6, types, 0);
 	}
 	ret = SPI_execute_plan(dead_letters_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)

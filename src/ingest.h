@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * ingest.h
- *	  The ingest core: batches, direct multi-insert, dead letters (ingest.c).
+ *	  The ingest core: batches, the direct write (through bulkwrite.c),
+ *	  dead letters (ingest.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -9,19 +10,6 @@
 #define IOTPIPE_INGEST_H
 
 #include "jsonmsg.h"
-
-/*
- * Write n filled slots of one table as COPY does: table_multi_insert, then
- * each slot's index entries; the slots are cleared.  Used by the ingest core
- * and the ETL (etl.c).
- */
-struct ResultRelInfo;
-struct EState;
-struct TupleTableSlot;
-struct BulkInsertStateData;
-extern void iotpipe_multi_insert(struct ResultRelInfo *rri, struct EState *estate,
-								 struct TupleTableSlot **slots, int n, int options,
-								 struct BulkInsertStateData *bis);
 
 typedef struct IotSource
 {

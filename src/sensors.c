@@ -23,6 +23,7 @@
 #include "iotpipe.h"
 #include "guc.h"
 #include "sensors.h"
+#include "spiutil.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -312,8 +313,6 @@ iotpipe_sensors_write(bool all)
 	bool	   *locnulls,
 			   *tempnulls,
 			   *humnulls;
-	int			dims[1];
-	int			lbs[1] = {1};
 	Datum		args[8];
 	int			ret;
 
@@ -392,23 +391,21 @@ iotpipe_sensors_write(bool all)
 		hums[i] = Float8GetDatum(a->humidity);
 		counts[i] = Int64GetDatum(a->count);
 	}
-	dims[0] = n;
-	args[0] = PointerGetDatum(construct_array(ids, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_md_array(locs, locnulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(firsts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(lasts, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[4] = PointerGetDatum(construct_md_array(temps, tempnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_md_array(hums, humnulls, 1, dims, lbs, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[6] = PointerGetDatum(construct_array(counts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = iotpipe_text_array(ids, NULL, n);
+	args[1] = iotpipe_text_array(locs, locnulls, n);
+	args[2] = iotpipe_byval_array(firsts, NULL, n, TIMESTAMPTZOID);
+	args[3] = iotpipe_byval_array(lasts, NULL, n, TIMESTAMPTZOID);
+	args[4] = iotpipe_float8_array(temps, tempnulls, n);
+	args[5] = iotpipe_float8_array(hums, humnulls, n);
+	args[6] = iotpipe_byval_array(counts, NULL, n, INT8OID);
 	args[7] = TimestampTzGetDatum(now);
 
 	if (upsert_plan == NULL)
 	{
-		Oid			types[8] = {TEXTARRAYOID, TEXTARRAYOID, 1185 /* timestamptz[] */ ,
-			1185, FLOAT8ARRAYOID, FLOAT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
-		SPIPlanPtr	plan;
+		static const Oid types[8] = {TEXTARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID,
+		TIMESTAMPTZARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
 
-		plan = SPI_prepare(
+		upsert_plan = iotpipe_keep_plan(
 						   "INSERT INTO iotpipe.sensors AS s "
 						   "  (sensor_id, location, first_seen, last_seen, last_ingested_at, "
 						   "   last_temperature, last_humidity, readings_total) "
@@ -428,12 +425,7 @@ iotpipe_sensors_write(bool all)
 						   "  last_seen = greatest(s.last_seen, excluded.last_seen), "
 						   "  last_ingested_at = excluded.last_ingested_at, "
 						   "  readings_total = s.readings_total + excluded.readings_total",
-						   8, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for the sensors upsert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		upsert_plan = plan;
+						   8, types, 0);
 	}
 	ret = SPI_execute_plan(upsert_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
