@@ -549,7 +549,7 @@ write_dead_letters(IotBatch *batch)
 	args[1] = iotpipe_text_array(topics, coordnulls, n);
 	args[2] = iotpipe_byval_array(parts, coordnulls, n, INT4OID);
 	args[3] = iotpipe_byval_array(offsets, coordnulls, n, INT8OID);
-	args[4] = PointerGetDatum(construct_array(payloads, n, BYTEAOID, -1, false, TYPALIGN_INT));
+	args[4] = iotpipe_array(payloads, NULL, n, BYTEAOID);
 	args[5] = iotpipe_text_array(errors, NULL, n);
 
 	if (dead_letters_plan == NULL)

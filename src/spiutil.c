@@ -25,8 +25,8 @@ iotpipe_keep_plan(const char *sql, int nargs, const Oid *types, int cursor_optio
 	return plan;
 }
 
-static Datum
-make_array(Datum *elems, bool *nulls, int n, Oid type)
+Datum
+iotpipe_array(Datum *elems, bool *nulls, int n, Oid type)
 {
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
@@ -42,17 +42,17 @@ make_array(Datum *elems, bool *nulls, int n, Oid type)
 Datum
 iotpipe_text_array(Datum *elems, bool *nulls, int n)
 {
-	return make_array(elems, nulls, n, TEXTOID);
+	return iotpipe_array(elems, nulls, n, TEXTOID);
 }
 
 Datum
 iotpipe_float8_array(Datum *elems, bool *nulls, int n)
 {
-	return make_array(elems, nulls, n, FLOAT8OID);
+	return iotpipe_array(elems, nulls, n, FLOAT8OID);
 }
 
 Datum
 iotpipe_byval_array(Datum *elems, bool *nulls, int n, Oid type)
 {
-	return make_array(elems, nulls, n, type);
+	return iotpipe_array(elems, nulls, n, type);
 }

@@ -24,6 +24,8 @@ extern SPIPlanPtr iotpipe_keep_plan(const char *sql, int nargs, const Oid *types
 /* one-dimensional arrays (lower bound 1) of n elements, palloc'd */
 extern Datum iotpipe_text_array(Datum *elems, bool *nulls, int n);
 extern Datum iotpipe_float8_array(Datum *elems, bool *nulls, int n);
+/* any element type (bytea, jsonb, ...): its length, by-value and alignment from the catalog */
+extern Datum iotpipe_array(Datum *elems, bool *nulls, int n, Oid type);
 /* a pass-by-value type of 1, 2, 4 or 8 bytes (bool, int2/4/8, timestamptz) */
 extern Datum iotpipe_byval_array(Datum *elems, bool *nulls, int n, Oid type);
 
