@@ -1,5 +1,5 @@
 -- iotpipe install script, part 20: alert rules, alerts, silences.
--- The engine evaluating the rules lives in src/alerts.c: it runs inside the
+-- The engine evaluating the rules lives in src/alerts.c and the alert_*.c modules: it runs inside the
 -- ingest transaction, keeps per-(rule, sensor) state in backend memory and
 -- only touches these tables when an alert fires or resolves.  Offline checks
 -- and the end of silences run on the launcher's timer (iotpipe._alert_timers).

@@ -212,7 +212,7 @@ CREATE VIEW iotpipe.etl_progress AS
      WHERE application_name LIKE 'iotpipe etl run %';
 COMMENT ON VIEW iotpipe.etl_progress IS 'ETL runs in progress and the step they are in';
 
--- The per-reading work, in C (src/etl.c): _etl_collect() runs the candidate
+-- The per-reading work, in C (src/etl_collect.c, etl_transform.c, etl_write.c): _etl_collect() runs the candidate
 -- query into memory, filed by sensor, and returns per sensor and location
 -- the count and event-time range; _etl_emit() maps readings to sensor
 -- versions, dedups, computes the hourly statistics and the outlier and
