@@ -51,6 +51,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -183,6 +184,13 @@ partition_upkeep(void *arg)
 	int32		today = iotpipe_ts_day(GetCurrentTimestamp());
 	int			created;
 
+	/*
+	 * Creating a partition locks iotpipe.readings, which a long ETL run
+	 * holds: give up after a while and try again in a minute rather than
+	 * stop supervising.
+	 */
+	(void) set_config_option("lock_timeout", "1s", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	created = iotpipe_create_partitions_range(today - 1, today + iotpipe_partition_premake_days);
 	if (created > 0)
 		ereport(LOG, (errmsg("iotpipe launcher: created %d partitions of iotpipe.readings", created)));
