@@ -28,7 +28,8 @@ OBJS = \
 	src/bulkwrite.o \
 	src/spiutil.o \
 	src/version.o \
-	src/worker.o
+	src/worker.o \
+	src/etl_worker.o
 
 # The install script of the version in development is built from the ordered
 # fragments in src/sql/.  Released install scripts are frozen in sql/versions/

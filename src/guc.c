@@ -40,8 +40,8 @@ iotpipe_guc_init(bool preloading)
 								   NULL, NULL, NULL);
 
 		DefineCustomIntVariable("iotpipe.max_workers",
-								"Maximum number of iotpipe workers (launcher, simulator, Kafka consumers).",
-								"Each worker also needs a max_worker_processes slot.",
+								"Maximum number of iotpipe workers (launcher, simulator, ETL, Kafka consumers).",
+								"Three slots are fixed (launcher, simulator, ETL), the rest serve Kafka consumers; each worker also needs a max_worker_processes slot.",
 								&iotpipe_max_workers,
 								16, 3, 256,
 								PGC_POSTMASTER,
@@ -77,8 +77,8 @@ iotpipe_guc_init(bool preloading)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("iotpipe.etl_interval",
-							"How often the launcher runs iotpipe.run_etl(); 0 turns it off.",
-							NULL,
+							"How often the launcher starts the ETL worker, which runs iotpipe.run_etl(); 0 turns it off.",
+							"Measured from the start of one run to the start of the next; a run still going delays the next.",
 							&iotpipe_etl_interval_s,
 							0, 0, INT_MAX / 1000,
 							PGC_SIGHUP,

@@ -2,13 +2,19 @@
  *
  * launcher.c
  *	  The launcher: one static background worker in iotpipe.database that
- *	  turns desired state kept in tables into running workers.
+ *	  turns desired state kept in tables into running workers.  It only
+ *	  supervises: it reads slots through iotpipe_slot_read() copies and
+ *	  changes them only through the slot API (worker.h); it waits only in
+ *	  iotpipe_worker_wait() and runs its transactions through
+ *	  iotpipe_worker_xact().
  *
  *	  Every pass (at most iotpipe.launcher_naptime apart, or when woken by
  *	  a committed simulator_start/stop or kafka_start/stop):
  *
- *	    1. no extension in the database -> stop every worker, state
- *	       "waiting"; the extension may be created (again) at any time
+ *	    1. the installed extension must match the library
+ *	       (iotpipe_version_ok): if it is missing or older, stop every
+ *	       worker, read no iotpipe table, state "waiting" with the reason;
+ *	       checked again every pass, so CREATE / ALTER EXTENSION resume it
  *	    2. partition upkeep (every minute): yesterday .. today + premake
  *	    3. desired workers: the simulator row, each enabled Kafka source x
  *	       its worker count; each with the generation of its settings
@@ -16,14 +22,15 @@
  *	       settings; start desired ones that do not run, with exponential
  *	       backoff for workers that keep failing early
  *	    5. timers: the alert engine's offline checks (every pass, so at
- *	       least once a second), the ETL every iotpipe.etl_interval, raw
- *	       retention after it
+ *	       least once a second); every iotpipe.etl_interval an ETL worker
+ *	       (etl_worker.c: run_etl(), then retention), never two at once
  *
  *	  Workers are started as dynamic background workers that never restart
  *	  by themselves: the launcher is the only supervisor.  After a crash
  *	  restart shared memory is new, the launcher is started again by the
  *	  postmaster and re-creates every desired worker from the tables.  It
  *	  is not started during recovery (BgWorkerStart_RecoveryFinished).
+ *	  State machines of all workers: src/README.md.
  *
  *-------------------------------------------------------------------------
  */
@@ -32,24 +39,20 @@
 #include "guc.h"
 #include "partition.h"
 #include "status.h"
+#include "version.h"
 #include "worker.h"
 #include "launcher.h"
 
 #include <signal.h>
 
-#include "access/xact.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
-#include "storage/latch.h"
-#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 typedef struct DesiredWorker
@@ -91,24 +94,12 @@ iotpipe_launcher_register(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* run fn in its own transaction; log and swallow its errors */
-static bool
-run_guarded(void (*fn) (void *), void *arg, const char *what)
-{
-	char	   *err;
-
-	if (iotpipe_run_xact(fn, arg, what, false, &err))
-		return true;
-	ereport(LOG, (errmsg("iotpipe launcher: %s failed: %s", what, err)));
-	iotpipe_set_error("%s: %s", what, err);
-	return false;
-}
-
 /* ---------- desired state ---------- */
 
 typedef struct PassState
 {
-	bool		ext_exists;
+	bool		version_ok;
+	char		detail[IOTPIPE_ERRLEN];	/* why not, for the status row */
 	DesiredWorker *desired;
 	int			ndesired;
 	int			max_desired;
@@ -143,14 +134,13 @@ read_desired(void *arg)
 	int			ret;
 	uint64		i;
 
-	ps->ext_exists = OidIsValid(get_extension_oid("iotpipe", true));
 	ps->ndesired = 0;
-	if (!ps->ext_exists)
+	/* a missing or older extension: read no iotpipe table */
+	ps->version_ok = iotpipe_version_ok(ps->detail, sizeof(ps->detail));
+	if (!ps->version_ok)
 		return;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	ret = SPI_execute("SELECT generation FROM iotpipe.simulator WHERE enabled", true, 1);
+	ret = SPI_execute("SELECT s.generation FROM iotpipe.simulator s WHERE s.enabled", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
@@ -160,8 +150,8 @@ read_desired(void *arg)
 		add_desired(ps, IOT_WORKER_SIMULATOR, 0, 0, gen, "simulator");
 	}
 
-	ret = SPI_execute("SELECT source_id, workers, generation, topic FROM iotpipe.kafka_sources "
-					  "WHERE enabled ORDER BY source_id", true, 0);
+	ret = SPI_execute("SELECT k.source_id, k.workers, k.generation, k.topic FROM iotpipe.kafka_sources k "
+					  "WHERE k.enabled ORDER BY k.source_id", true, 0);
 	if (ret == SPI_OK_SELECT)
 	{
 		for (i = 0; i < SPI_processed; i++)
@@ -184,10 +174,9 @@ read_desired(void *arg)
 			}
 		}
 	}
-	SPI_finish();
 }
 
-/* ---------- partition upkeep, ETL, retention ---------- */
+/* ---------- partition upkeep, alert timers ---------- */
 
 static void
 partition_upkeep(void *arg)
@@ -195,6 +184,13 @@ partition_upkeep(void *arg)
 	int32		today = iotpipe_ts_day(GetCurrentTimestamp());
 	int			created;
 
+	/*
+	 * Creating a partition locks iotpipe.readings, which a long ETL run
+	 * holds: give up after a while and try again in a minute rather than
+	 * stop supervising.
+	 */
+	(void) set_config_option("lock_timeout", "1s", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 	created = iotpipe_create_partitions_range(today - 1, today + iotpipe_partition_premake_days);
 	if (created > 0)
 		ereport(LOG, (errmsg("iotpipe launcher: created %d partitions of iotpipe.readings", created)));
@@ -206,59 +202,27 @@ alerts_tick(void *arg)
 	iotpipe_alerts_tick();
 }
 
-static void
-run_sql_if_exists(void *arg)
-{
-	const char *const *q = (const char *const *) arg;
-	int			ret;
+/* ---------- starting and stopping workers ---------- */
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	/* q[0]: a function signature that must exist; q[1]: what to run */
-	ret = SPI_execute(psprintf("SELECT to_regprocedure('%s') IS NOT NULL", q[0]), true, 1);
-	if (ret == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		bool		isnull;
-
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-			SPI_execute(q[1], false, 0);
-	}
-	SPI_finish();
-}
-
-/* ---------- reconcile ---------- */
-
-static void
-launch_worker(int slotno, DesiredWorker *d)
+/* register a dynamic worker for a prepared slot; false when no bgworker slot was free */
+static bool
+register_worker(int slotno, const char *function, const char *type, const char *name)
 {
 	BackgroundWorker worker;
-	IotWorkerSlot *slot = iotpipe_slot(slotno);
 	SlotLocal  *sl = &slot_local[slotno];
+	MemoryContext old;
+	bool		ok;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "iotpipe", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name,
-			d->kind == IOT_WORKER_SIMULATOR ? "iotpipe_simulator_main" : "iotpipe_kafka_main",
-			BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "iotpipe %s", d->name);
-	strlcpy(worker.bgw_type, d->kind == IOT_WORKER_SIMULATOR ? "iotpipe simulator" : "iotpipe kafka",
-			BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "iotpipe %s", name);
+	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
 	worker.bgw_main_arg = Int32GetDatum(slotno);
 	worker.bgw_notify_pid = MyProcPid;
-
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	if (slot->state != IOT_STATE_FREE && slot->started_at != 0)
-		slot->restarts++;
-	slot->kind = d->kind;
-	slot->key = d->key;
-	slot->index = d->index;
-	slot->config_gen = d->config_gen;
-	strlcpy(slot->name, d->name, IOTPIPE_NAMELEN);
-	slot->state = IOT_STATE_STARTING;
-	LWLockRelease(iotpipe_shared->lock);
 
 	if (sl->handle)
 	{
@@ -266,30 +230,41 @@ launch_worker(int slotno, DesiredWorker *d)
 		sl->handle = NULL;
 	}
 	sl->launched_at = GetCurrentTimestamp();
-	MemoryContextSwitchTo(launcher_cxt);
-	if (!RegisterDynamicBackgroundWorker(&worker, &sl->handle))
+	old = MemoryContextSwitchTo(launcher_cxt);
+	ok = RegisterDynamicBackgroundWorker(&worker, &sl->handle);
+	MemoryContextSwitchTo(old);
+	if (!ok)
 	{
+		char		msg[IOTPIPE_ERRLEN];
+
 		sl->handle = NULL;
-		sl->next_launch_at = sl->launched_at + 5 * USECS_PER_SEC;
-		iotpipe_set_error("could not register worker \"%s\": no free background worker slot", d->name);
+		snprintf(msg, sizeof(msg), "could not register worker \"%s\": no free background worker slot",
+				 name);
+		iotpipe_slot_set_error(slotno, msg);
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("iotpipe could not start worker \"%s\"", d->name),
+				 errmsg("iotpipe could not start worker \"%s\"", name),
 				 errhint("Raise max_worker_processes and restart the server.")));
 	}
-	MemoryContextSwitchTo(pass_cxt);
+	return ok;
+}
+
+static void
+launch_worker(int slotno, DesiredWorker *d)
+{
+	bool		sim = (d->kind == IOT_WORKER_SIMULATOR);
+
+	iotpipe_slot_prepare(slotno, d->kind, d->key, d->index, d->config_gen, d->name);
+	if (!register_worker(slotno, sim ? "iotpipe_simulator_main" : "iotpipe_kafka_main",
+						 sim ? "iotpipe simulator" : "iotpipe kafka", d->name))
+		slot_local[slotno].next_launch_at = slot_local[slotno].launched_at + 5 * USECS_PER_SEC;
 }
 
 static void
 stop_worker(int slotno)
 {
-	IotWorkerSlot *slot = iotpipe_slot(slotno);
-	int			pid;
+	int			pid = iotpipe_slot_request_stop(slotno);
 
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	pid = slot->pid;
-	slot->generation++;
-	LWLockRelease(iotpipe_shared->lock);
 	if (pid != 0)
 		kill(pid, SIGTERM);
 	else if (slot_local[slotno].handle)
@@ -308,15 +283,28 @@ launch_failed(int slotno)
 	return GetBackgroundWorkerPid(sl->handle, &pid) == BGWH_STOPPED;
 }
 
+/* a process runs (or is about to) in the slot described by copy */
+static bool
+slot_busy(int slotno, const IotWorkerSlot *copy)
+{
+	return copy->pid != 0 || (copy->state == IOT_STATE_STARTING && !launch_failed(slotno));
+}
+
+/* ---------- reconcile ---------- */
+
 static void
 reconcile(PassState *ps)
 {
 	int			nslots = iotpipe_shared->nslots;
 	int		   *slot_of = palloc(sizeof(int) * Max(ps->ndesired, 1));
 	bool	   *wanted = palloc0(sizeof(bool) * nslots);
+	IotWorkerSlot *copy = palloc(sizeof(IotWorkerSlot) * nslots);
 	TimestampTz now = GetCurrentTimestamp();
 	int			i,
 				s;
+
+	for (s = 0; s < nslots; s++)
+		iotpipe_slot_read(s, &copy[s]);
 
 	/* match desired workers to slots */
 	for (i = 0; i < ps->ndesired; i++)
@@ -330,10 +318,8 @@ reconcile(PassState *ps)
 		{
 			for (s = IOT_SLOT_FIRST_KAFKA; s < nslots; s++)
 			{
-				IotWorkerSlot *slot = &iotpipe_shared->slots[s];
-
-				if (slot->state != IOT_STATE_FREE && slot->kind == d->kind &&
-					slot->key == d->key && slot->index == d->index)
+				if (copy[s].state != IOT_STATE_FREE && copy[s].kind == d->kind &&
+					copy[s].key == d->key && copy[s].index == d->index)
 				{
 					slot_of[i] = s;
 					break;
@@ -343,21 +329,15 @@ reconcile(PassState *ps)
 			{
 				for (s = IOT_SLOT_FIRST_KAFKA; s < nslots; s++)
 				{
-					IotWorkerSlot *slot = &iotpipe_shared->slots[s];
-
-					if (slot->state == IOT_STATE_FREE && !wanted[s])
+					if (copy[s].state == IOT_STATE_FREE && !wanted[s])
 					{
 						slot_of[i] = s;
 						/* a fresh slot starts with fresh counters */
-						pg_atomic_write_u64(&slot->messages, 0);
-						pg_atomic_write_u64(&slot->rows, 0);
-						pg_atomic_write_u64(&slot->rejected, 0);
-						pg_atomic_write_u64(&slot->batches, 0);
-						slot->restarts = 0;
-						slot->started_at = 0;
-						slot->last_error[0] = '\0';
+						iotpipe_slot_reset(s);
+						iotpipe_slot_read(s, &copy[s]);
 						slot_local[s].fails = 0;
 						slot_local[s].next_launch_at = 0;
+						slot_local[s].launched_at = 0;
 						break;
 					}
 				}
@@ -374,53 +354,39 @@ reconcile(PassState *ps)
 		wanted[slot_of[i]] = true;
 	}
 
-	/* stop what is not wanted; free slots of removed Kafka workers */
-	for (s = 1; s < nslots; s++)
+	/* stop what is not wanted; free slots of removed Kafka workers (the ETL slot is the timer's) */
+	for (s = IOT_SLOT_SIMULATOR; s < nslots; s++)
 	{
-		IotWorkerSlot *slot = &iotpipe_shared->slots[s];
-
-		if (wanted[s] || slot->state == IOT_STATE_FREE)
+		if (s == IOT_SLOT_ETL || wanted[s] || copy[s].state == IOT_STATE_FREE)
 			continue;
-		if (slot->pid != 0)
-			stop_worker(s);
-		else if (slot->state == IOT_STATE_STARTING && !launch_failed(s))
+		if (slot_busy(s, &copy[s]))
 			stop_worker(s);
 		else if (s >= IOT_SLOT_FIRST_KAFKA)
-		{
-			LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-			slot->state = IOT_STATE_FREE;
-			LWLockRelease(iotpipe_shared->lock);
-		}
-		else if (slot->state != IOT_STATE_STOPPED)
-		{
-			LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-			slot->state = IOT_STATE_STOPPED;
-			LWLockRelease(iotpipe_shared->lock);
-		}
+			iotpipe_slot_set_state(s, IOT_STATE_FREE, NULL);
+		else if (copy[s].state != IOT_STATE_STOPPED)
+			iotpipe_slot_set_state(s, IOT_STATE_STOPPED, NULL);
 	}
 
 	/* start what is wanted and not running; restart what runs old settings */
 	for (i = 0; i < ps->ndesired; i++)
 	{
 		DesiredWorker *d = &ps->desired[i];
-		IotWorkerSlot *slot;
 		SlotLocal  *sl;
 
 		if (slot_of[i] < 0)
 			continue;
 		s = slot_of[i];
-		slot = &iotpipe_shared->slots[s];
 		sl = &slot_local[s];
 
-		if (slot->pid != 0)
+		if (copy[s].pid != 0)
 		{
-			if (slot->config_gen != d->config_gen)
+			if (copy[s].config_gen != d->config_gen)
 				stop_worker(s);
-			else if (slot->kind == d->kind)
-				sl->fails = (now - slot->started_at > 30 * USECS_PER_SEC) ? 0 : sl->fails;
+			else if (copy[s].kind == d->kind)
+				sl->fails = (now - copy[s].started_at > 30 * USECS_PER_SEC) ? 0 : sl->fails;
 			continue;
 		}
-		if (slot->state == IOT_STATE_STARTING && !launch_failed(s))
+		if (copy[s].state == IOT_STATE_STARTING && !launch_failed(s))
 		{
 			/* registered; not attached yet */
 			if (now - sl->launched_at < 30 * USECS_PER_SEC)
@@ -441,22 +407,59 @@ stop_all_workers(void)
 {
 	int			s;
 
-	for (s = 1; s < iotpipe_shared->nslots; s++)
+	for (s = IOT_SLOT_SIMULATOR; s < iotpipe_shared->nslots; s++)
 	{
-		IotWorkerSlot *slot = &iotpipe_shared->slots[s];
+		IotWorkerSlot copy;
 
-		if (slot->state == IOT_STATE_FREE)
+		iotpipe_slot_read(s, &copy);
+		if (copy.state == IOT_STATE_FREE)
 			continue;
-		if (slot->pid != 0 || (slot->state == IOT_STATE_STARTING && !launch_failed(s)))
+		if (slot_busy(s, &copy))
 			stop_worker(s);
 		else
-		{
-			LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-			slot->state = IOT_STATE_FREE;
-			LWLockRelease(iotpipe_shared->lock);
-		}
+			iotpipe_slot_set_state(s, IOT_STATE_FREE, NULL);
 	}
 }
+
+/* ---------- the ETL schedule ---------- */
+
+/*
+ * Every iotpipe.etl_interval (from the start of one run to the start of
+ * the next) start an ETL worker, unless one still runs.  The launcher
+ * never waits for it: a long run delays nothing here.
+ */
+static void
+etl_schedule(TimestampTz now, TimestampTz *last_start)
+{
+	IotWorkerSlot copy;
+
+	iotpipe_slot_read(IOT_SLOT_ETL, &copy);
+	if (slot_busy(IOT_SLOT_ETL, &copy))
+		return;
+	if (copy.state == IOT_STATE_STARTING)
+	{
+		/* registered, but gone without attaching: counts as a failed run */
+		iotpipe_slot_set_state(IOT_SLOT_ETL, IOT_STATE_IDLE, "last run did not start");
+		copy.state = IOT_STATE_IDLE;
+	}
+	if (iotpipe_etl_interval_s <= 0)
+	{
+		/* ETL off: no row in iotpipe.status */
+		if (copy.state != IOT_STATE_FREE)
+			iotpipe_slot_set_state(IOT_SLOT_ETL, IOT_STATE_FREE, "off");
+		return;
+	}
+	if (*last_start != 0 && now - *last_start < (int64) iotpipe_etl_interval_s * USECS_PER_SEC)
+		return;
+	*last_start = now;
+	/* each run starts with fresh counters: the row describes the last run */
+	iotpipe_slot_reset(IOT_SLOT_ETL);
+	iotpipe_slot_prepare(IOT_SLOT_ETL, IOT_WORKER_ETL, 0, 0, 0, "etl");
+	if (!register_worker(IOT_SLOT_ETL, "iotpipe_etl_main", "iotpipe etl", "etl"))
+		iotpipe_slot_set_state(IOT_SLOT_ETL, IOT_STATE_IDLE, "last run did not start");
+}
+
+/* ---------- the pass ---------- */
 
 void
 iotpipe_launcher_main(Datum arg)
@@ -464,88 +467,60 @@ iotpipe_launcher_main(Datum arg)
 	PassState	ps;
 	TimestampTz last_upkeep = 0;
 	TimestampTz last_etl = 0;
-	bool		was_installed = false;
+	bool		was_ok = false;
 
 	iotpipe_worker_init(IOT_SLOT_LAUNCHER, IOT_WORKER_LAUNCHER);
-	strlcpy(iotpipe_slot(IOT_SLOT_LAUNCHER)->name, "launcher", IOTPIPE_NAMELEN);
 	pgstat_report_appname("iotpipe launcher");
 
 	launcher_cxt = AllocSetContextCreate(TopMemoryContext, "iotpipe launcher", ALLOCSET_DEFAULT_SIZES);
 	pass_cxt = AllocSetContextCreate(launcher_cxt, "iotpipe launcher pass", ALLOCSET_DEFAULT_SIZES);
 	slot_local = MemoryContextAllocZero(launcher_cxt, sizeof(SlotLocal) * iotpipe_shared->nslots);
-	ps.max_desired = iotpipe_shared->nslots - 1;
+	ps.max_desired = iotpipe_shared->nslots - IOT_SLOT_FIRST_KAFKA + 1;
 	ps.desired = MemoryContextAlloc(launcher_cxt, sizeof(DesiredWorker) * ps.max_desired);
 
 	ereport(LOG, (errmsg("iotpipe launcher started in database \"%s\"", iotpipe_database)));
 
-	while (!ShutdownRequestPending)
+	while (!iotpipe_worker_should_stop())
 	{
-		TimestampTz now;
-		int			rc;
-
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
 
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-
 		if (RecoveryInProgress())
 			iotpipe_set_state(IOT_STATE_RECOVERY, "server in recovery");
-		else if (run_guarded(read_desired, &ps, "reading the desired state"))
+		else if (iotpipe_worker_xact(read_desired, &ps, "reading the desired state", true))
 		{
-			now = GetCurrentTimestamp();
-			if (!ps.ext_exists)
-			{
-				char		detail[IOTPIPE_ERRLEN];
+			TimestampTz now = GetCurrentTimestamp();
 
-				snprintf(detail, sizeof(detail),
-						 "extension iotpipe is not installed in database \"%s\"", iotpipe_database);
-				iotpipe_set_state(IOT_STATE_WAITING, detail);
+			if (!ps.version_ok)
+			{
+				/* no extension, or an older one: nothing runs until it matches */
+				iotpipe_set_state(IOT_STATE_WAITING, ps.detail);
 				stop_all_workers();
-				was_installed = false;
+				was_ok = false;
 				last_upkeep = 0;
 			}
 			else
 			{
-				if (!was_installed)
+				if (!was_ok)
 				{
 					iotpipe_set_state(IOT_STATE_RUNNING, "");
 					iotpipe_clear_error();
-					was_installed = true;
+					was_ok = true;
 				}
 				if (now - last_upkeep >= 60 * USECS_PER_SEC)
 				{
-					if (run_guarded(partition_upkeep, NULL, "partition upkeep"))
+					if (iotpipe_worker_xact(partition_upkeep, NULL, "partition upkeep", false))
 						last_upkeep = now;
 				}
 				reconcile(&ps);
-				run_guarded(alerts_tick, NULL, "alert timers");
-
-				if (iotpipe_etl_interval_s > 0 &&
-					now - last_etl >= (int64) iotpipe_etl_interval_s * USECS_PER_SEC)
-				{
-					static const char *const etl[2] = {"iotpipe.run_etl(timestamptz)",
-					"SELECT iotpipe.run_etl()"};
-					static const char *const retention[2] = {"iotpipe.apply_retention()",
-					"SELECT iotpipe.apply_retention()"};
-
-					last_etl = now;
-					if (run_guarded(run_sql_if_exists, (void *) etl, "scheduled ETL") &&
-						iotpipe_raw_retention_s > 0)
-						run_guarded(run_sql_if_exists, (void *) retention, "raw retention");
-				}
+				(void) iotpipe_worker_xact(alerts_tick, NULL, "alert timers", false);
+				etl_schedule(GetCurrentTimestamp(), &last_etl);
 			}
 		}
 		iotpipe_count(0, 0, 0);
 
-		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					   iotpipe_launcher_naptime_ms, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
+		MemoryContextSwitchTo(launcher_cxt);
+		(void) iotpipe_worker_wait(iotpipe_launcher_naptime_ms, PGINVALID_SOCKET);
 	}
 
 	ereport(LOG, (errmsg("iotpipe launcher shutting down")));

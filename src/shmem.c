@@ -8,8 +8,8 @@
  * field of the slots except the pg_atomic counters, which only the owning
  * worker increments and anybody may read without the lock.
  *
- * Slot 0 is the launcher, slot 1 the simulator; the launcher hands out the
- * rest to Kafka consumer workers.  Shared memory is rebuilt from scratch
+ * Slot 0 is the launcher, slot 1 the simulator, slot 2 the ETL worker; the
+ * launcher hands out the rest to Kafka consumer workers.  Shared memory is rebuilt from scratch
  * after a crash restart; the launcher then re-creates the workers from the
  * desired state kept in tables.
  *

@@ -18,7 +18,8 @@ typedef enum IotWorkerKind
 {
 	IOT_WORKER_LAUNCHER,
 	IOT_WORKER_SIMULATOR,
-	IOT_WORKER_KAFKA
+	IOT_WORKER_KAFKA,
+	IOT_WORKER_ETL				/* one scheduled run of iotpipe.run_etl() */
 } IotWorkerKind;
 
 typedef enum IotWorkerState
@@ -71,7 +72,8 @@ typedef struct IotShared
 
 #define IOT_SLOT_LAUNCHER	0
 #define IOT_SLOT_SIMULATOR	1
-#define IOT_SLOT_FIRST_KAFKA 2
+#define IOT_SLOT_ETL		2
+#define IOT_SLOT_FIRST_KAFKA 3
 
 extern IotShared *iotpipe_shared;
 /* the slot this process owns (a worker), or -1 */

@@ -12,7 +12,9 @@
  *	  topic, keyed by sensor_id.
  *
  *	  States: starting -> running <-> backoff (a failed batch is kept and
- *	  retried, so nothing generated is lost) -> stopped.
+ *	  retried, so nothing generated is lost) -> stopped.  It waits only in
+ *	  iotpipe_worker_wait() and runs its transactions through the worker
+ *	  runtime (worker.h), which also serves SIGTERM and SIGHUP.
  *
  *-------------------------------------------------------------------------
  */
@@ -28,7 +30,6 @@
 
 #include <math.h>
 
-#include "access/xact.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -36,13 +37,9 @@
 #include "pgstat.h"
 #include "version.h"
 #include "postmaster/bgworker.h"
-#include "postmaster/interrupt.h"
 #include "storage/ipc.h"
-#include "storage/latch.h"
-#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 typedef struct SimConfig
@@ -58,21 +55,22 @@ typedef struct SimConfig
 	TimestampTz start_ts;
 } SimConfig;
 
-static bool
-read_config(SimConfig *cfg)
+typedef struct ConfigArgs
 {
-	bool		ok = false;
+	SimConfig  *cfg;
+	bool		found;
+} ConfigArgs;
+
+static void
+read_config_tx(void *arg)
+{
+	ConfigArgs *ca = (ConfigArgs *) arg;
+	SimConfig  *cfg = ca->cfg;
 	int			ret;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "iotpipe simulator: reading settings");
-	ret = SPI_execute("SELECT enabled, sensors, rate, seed, sink, coalesce(topic, ''), "
-					  "coalesce(brokers, ''), malformed_ratio, start_ts "
-					  "FROM iotpipe.simulator", true, 1);
+	ret = SPI_execute("SELECT s.enabled, s.sensors, s.rate, s.seed, s.sink, coalesce(s.topic, ''), "
+					  "coalesce(s.brokers, ''), s.malformed_ratio, s.start_ts "
+					  "FROM iotpipe.simulator s", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[0];
@@ -94,34 +92,31 @@ read_config(SimConfig *cfg)
 		cfg->malformed_ratio = DatumGetFloat8(SPI_getbinval(tup, desc, 8, &isnull));
 		d = SPI_getbinval(tup, desc, 9, &isnull);
 		cfg->start_ts = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
-		ok = true;
+		ca->found = true;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	pgstat_report_activity(STATE_IDLE, NULL);
-	return ok;
 }
 
+static bool
+read_config(SimConfig *cfg)
+{
+	ConfigArgs	ca = {.cfg = cfg};
+
+	return iotpipe_worker_xact(read_config_tx, &ca, "reading settings", true) && ca.found;
+}
+
+/* the one wait; nothing due now: keep iotpipe.sensors current meanwhile */
 static void
 sim_wait(long timeout_ms)
 {
-	int			rc;
-
-	/* nothing due now: keep iotpipe.sensors current meanwhile */
 	if (timeout_ms >= 10)
 		iotpipe_ingest_idle();
+	(void) iotpipe_worker_wait(timeout_ms, PGINVALID_SOCKET);
+}
 
-	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-				   timeout_ms, PG_WAIT_EXTENSION);
-	if (rc & WL_LATCH_SET)
-		ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-	if (ConfigReloadPending)
-	{
-		ConfigReloadPending = false;
-		ProcessConfigFile(PGC_SIGHUP);
-	}
+static void
+write_sensors_tx(void *arg)
+{
+	iotpipe_ingest_write_sensors(true);
 }
 
 typedef struct FlushArgs
@@ -209,8 +204,7 @@ iotpipe_simulator_main(Datum arg)
 	initStringInfo(&msg);
 
 	/* the kafka sink needs a producer; keep trying until it can be made */
-	while (strcmp(cfg.sink, "kafka") == 0 && producer == NULL &&
-		   !ShutdownRequestPending && !iotpipe_worker_should_stop())
+	while (strcmp(cfg.sink, "kafka") == 0 && producer == NULL && !iotpipe_worker_should_stop())
 	{
 		char		errbuf[512];
 
@@ -224,7 +218,7 @@ iotpipe_simulator_main(Datum arg)
 	}
 
 	started = prev_tick = last_rate_at = GetCurrentTimestamp();
-	while (!ShutdownRequestPending && !iotpipe_worker_should_stop())
+	while (!iotpipe_worker_should_stop())
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		int64		due;
@@ -311,8 +305,8 @@ iotpipe_simulator_main(Datum arg)
 					char		errbuf[256];
 
 					(void) iotpipe_producer_poll(producer, 100, errbuf, sizeof(errbuf));
-					CHECK_FOR_INTERRUPTS();
-					if (ShutdownRequestPending)
+					iotpipe_worker_handle_interrupts();
+					if (iotpipe_worker_should_stop())
 						break;
 				}
 			}
@@ -344,12 +338,7 @@ iotpipe_simulator_main(Datum arg)
 		if (cfg.rate == 0)
 		{
 			/* as fast as possible, but stay responsive */
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-			}
+			iotpipe_worker_handle_interrupts();
 		}
 	}
 
@@ -363,11 +352,7 @@ iotpipe_simulator_main(Datum arg)
 	else if (iotpipe_sensors_pending())
 	{
 		/* leave iotpipe.sensors complete: write what was held back */
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		iotpipe_ingest_write_sensors(true);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		(void) iotpipe_worker_xact(write_sensors_tx, NULL, "writing sensors", false);
 	}
 	ereport(LOG, (errmsg("iotpipe simulator stopping after " UINT64_FORMAT " readings", emitted)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);

@@ -54,6 +54,23 @@ iotpipe_state_name(IotWorkerState state)
 	return "unknown";
 }
 
+const char *
+iotpipe_kind_name(IotWorkerKind kind)
+{
+	switch (kind)
+	{
+		case IOT_WORKER_LAUNCHER:
+			return "launcher";
+		case IOT_WORKER_SIMULATOR:
+			return "simulator";
+		case IOT_WORKER_KAFKA:
+			return "kafka";
+		case IOT_WORKER_ETL:
+			return "etl";
+	}
+	return "unknown";
+}
+
 void
 iotpipe_set_state(IotWorkerState state, const char *detail)
 {
@@ -193,8 +210,7 @@ iotpipe_worker_status(PG_FUNCTION_ARGS)
 		if (copy.state == IOT_STATE_FREE)
 			continue;
 
-		kind = copy.kind == IOT_WORKER_LAUNCHER ? "launcher" :
-			copy.kind == IOT_WORKER_SIMULATOR ? "simulator" : "kafka";
+		kind = iotpipe_kind_name(copy.kind);
 		values[0] = CStringGetTextDatum(copy.name);
 		values[1] = CStringGetTextDatum(kind);
 		if (copy.pid != 0)

@@ -11,6 +11,7 @@
 #include "shmem.h"
 
 extern const char *iotpipe_state_name(IotWorkerState state);
+extern const char *iotpipe_kind_name(IotWorkerKind kind);
 extern void iotpipe_set_state(IotWorkerState state, const char *detail);
 extern void iotpipe_set_error(const char *fmt,...) pg_attribute_printf(1, 2);
 extern void iotpipe_clear_error(void);

@@ -33,6 +33,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
+#include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -55,10 +56,29 @@ worker_detach(int code, Datum arg)
 	if (slot->pid == MyProcPid)
 	{
 		slot->pid = 0;
-		slot->state = IOT_STATE_STOPPED;
 		slot->rate = 0;
-		if (code != 0 && slot->last_error[0] == '\0')
-			strlcpy(slot->last_error, "worker exited with an error", IOTPIPE_ERRLEN);
+		if (slot->kind == IOT_WORKER_ETL)
+		{
+			/* one run per process: "idle" between runs, the run's outcome kept */
+			slot->last_activity = GetCurrentTimestamp();
+			if (code != 0 || slot->state == IOT_STATE_RUNNING)
+			{
+				strlcpy(slot->detail, "last run did not finish", IOTPIPE_ERRLEN);
+				if (slot->last_error[0] == '\0')
+					strlcpy(slot->last_error,
+							"the ETL worker exited during the run (terminated, or see the server log)",
+							IOTPIPE_ERRLEN);
+				slot->last_error_at = slot->last_activity;
+			}
+			if (slot->state != IOT_STATE_WAITING)
+				slot->state = IOT_STATE_IDLE;
+		}
+		else
+		{
+			slot->state = IOT_STATE_STOPPED;
+			if (code != 0 && slot->last_error[0] == '\0')
+				strlcpy(slot->last_error, "worker exited with an error", IOTPIPE_ERRLEN);
+		}
 	}
 	if (DatumGetInt32(arg) == IOT_SLOT_LAUNCHER)
 	{
@@ -95,6 +115,8 @@ worker_attach(int slotno, IotWorkerKind kind)
 	my_generation = slot->generation;
 	if (slotno == IOT_SLOT_LAUNCHER)
 	{
+		/* the launcher's slot is prepared by nobody: it names itself */
+		strlcpy(slot->name, "launcher", IOTPIPE_NAMELEN);
 		iotpipe_shared->launcher_pid = MyProcPid;
 		iotpipe_shared->launcher_latch = &MyProc->procLatch;
 	}
@@ -108,7 +130,18 @@ void
 iotpipe_worker_init(int slotno, IotWorkerKind kind)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+
+	/*
+	 * The ETL worker spends its life in one long statement and never waits
+	 * in iotpipe_worker_wait(): SIGTERM is the backend's die(), so the
+	 * running query is cancelled at its next interrupt check (lock waits
+	 * included) and the worker exits with its transaction rolled back.
+	 * SIGINT stays the backend's query cancel (set up by the postmaster).
+	 */
+	if (kind == IOT_WORKER_ETL)
+		pqsignal(SIGTERM, die);
+	else
+		pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
 	worker_attach(slotno, kind);

@@ -36,7 +36,8 @@
 /*
  * Start-up of a worker: SIGTERM/SIGHUP handlers, signals unblocked, a
  * connection to iotpipe.database, the slot claimed (a worker whose slot is
- * held by another live process exits quietly).
+ * held by another live process exits quietly).  The ETL worker's SIGTERM
+ * is the backend's die(): it cancels the running statement.
  */
 extern void iotpipe_worker_init(int slotno, IotWorkerKind kind);
 
