@@ -17,7 +17,7 @@ OBJS = \
 	src/simulator.o \
 	src/simgen.o \
 	src/alerts.o \
-	src/kafka.o \
+	src/kafka_common.o src/kafka_consumer.o src/kafka_offsets.o src/kafka_producer.o \
 	src/etl.o \
 	src/spiutil.o \
 	src/version.o \
