@@ -577,7 +577,7 @@ def process_gone(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+    except OSError:  # gone between open and read: ProcessLookupError
         return True
 
 
