@@ -21,7 +21,10 @@ OBJS = \
 	src/alert_eval.o \
 	src/alert_write.o \
 	src/alert_timer.o \
-	src/kafka.o \
+	src/kafka_common.o \
+	src/kafka_consumer.o \
+	src/kafka_offsets.o \
+	src/kafka_producer.o \
 	src/etl_collect.o \
 	src/etl_transform.o \
 	src/etl_write.o \

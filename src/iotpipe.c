@@ -10,7 +10,7 @@
 #include "iotpipe.h"
 #include "alerts.h"
 #include "guc.h"
-#include "kafka.h"
+#include "kafka_common.h"
 #include "launcher.h"
 #include "shmem.h"
 

@@ -21,7 +21,7 @@
 #include "iotpipe.h"
 #include "guc.h"
 #include "ingest.h"
-#include "kafka.h"
+#include "kafka_producer.h"
 #include "sensors.h"
 #include "simgen.h"
 #include "status.h"

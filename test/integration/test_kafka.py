@@ -567,3 +567,87 @@ def test_failing_batch_transactions_roll_back_and_retry(kafka, sources):
     assert [w[1] for w in kafka_workers(topic)] == [
         failing[0][1]
     ], "the worker must survive"
+
+
+# ---------------------------------------------------------------- stopping at once
+
+
+def process_gone(pid):
+    """The process exited (a zombie not yet reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:  # gone between open and read: ProcessLookupError
+        return True
+
+
+def time_until(fn, timeout=30.0):
+    """Seconds until fn() is true, polled every 10 ms (fails after timeout)."""
+    t0 = time.monotonic()
+    while not fn():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+@pytest.fixture
+def long_poll_timeout():
+    """iotpipe.kafka_poll_timeout at its maximum, 10 s, reset afterwards."""
+
+    def set_to(value):
+        with connect() as c:
+            if value is None:
+                c.execute("ALTER SYSTEM RESET iotpipe.kafka_poll_timeout")
+            else:
+                c.execute(f"ALTER SYSTEM SET iotpipe.kafka_poll_timeout = '{value}'")
+            c.execute("SELECT pg_reload_conf()")
+
+    set_to("10s")
+    yield
+    set_to(None)
+
+
+def test_worker_stops_at_once_with_a_long_poll_timeout(
+    kafka, sources, long_poll_timeout
+):
+    """A worker waiting for messages (iotpipe.kafka_poll_timeout 10 s) ends
+    its wait at once: on kafka_stop (the launcher bumps the slot's generation
+    and signals it) and on a SIGTERM (after which the launcher starts it
+    again), within 1 s each."""
+    topic, prefix = "iot-k9", "k9"
+    sources.append((topic, prefix))
+    kafka.create_topic(topic, 1)
+    produce(kafka.bootstrap, topic, messages(prefix, 0, 10))
+    start(kafka, topic)
+    poll(lambda: count_rows(prefix) == 10, 60, 0.1, "the first 10 rows")
+
+    def running_pid():
+        w = kafka_workers(topic)
+        return w[0][1] if w and w[0][1] and w[0][2] == "running" else None
+
+    # 1. SIGTERM: gone within 1 s, then back (the launcher) and consuming
+    pid = poll(running_pid, 30, what="the worker to run")
+    time.sleep(1.5)  # the worker has long reloaded the setting and waits in a poll
+    os.kill(pid, signal.SIGTERM)
+    took = time_until(lambda: process_gone(pid))
+    print(f"SIGTERM: worker gone after {took:.3f} s")
+    assert took < 1.0, f"the worker took {took:.3f} s to exit after SIGTERM"
+    new_pid = poll(
+        lambda: (p := running_pid()) and p != pid and p, 60, what="the worker back"
+    )
+    produce(kafka.bootstrap, topic, messages(prefix, 10, 11))
+    poll(lambda: count_rows(prefix) == 11, 30, 0.1, "the row produced after SIGTERM")
+    verify(prefix, 11)
+
+    # 2. kafka_stop: gone, and its status row not running, within 1 s
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    with connect() as c:
+        c.execute("SELECT iotpipe.kafka_stop(%s)", (topic,))
+    time_until(
+        lambda: process_gone(new_pid)
+        and all(w[1] is None and w[2] != "running" for w in kafka_workers(topic))
+    )
+    total = time.monotonic() - t0
+    print(f"kafka_stop: worker gone after {total:.3f} s")
+    assert total < 1.0, f"the worker took {total:.3f} s to stop after kafka_stop"

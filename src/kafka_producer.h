@@ -1,21 +1,18 @@
 /*-------------------------------------------------------------------------
  *
- * kafka.h
- *	  Kafka consumer workers and the simulator's producer (kafka.c).
+ * kafka_producer.h
+ *	  The producer behind the simulator's kafka sink (kafka_producer.c).
+ *	  It drives librdkafka from the caller's thread.
  *
  *-------------------------------------------------------------------------
  */
-#ifndef IOTPIPE_KAFKA_H
-#define IOTPIPE_KAFKA_H
+#ifndef IOTPIPE_KAFKA_PRODUCER_H
+#define IOTPIPE_KAFKA_PRODUCER_H
 
 #include "iotpipe.h"
-#include "fmgr.h"
 
-extern PGDLLEXPORT void iotpipe_kafka_main(Datum arg);
-extern void iotpipe_kafka_init(void);
-
-/* a producer for the simulator's kafka sink (drives librdkafka from the caller's thread) */
 typedef struct IotProducer IotProducer;
+
 extern IotProducer *iotpipe_producer_create(const char *brokers, const char *topic,
 											char *errbuf, size_t errlen);
 /* false when the local queue is full: poll and retry */
@@ -25,4 +22,4 @@ extern bool iotpipe_producer_send(IotProducer *p, const char *key, size_t keylen
 extern int	iotpipe_producer_poll(IotProducer *p, int timeout_ms, char *errbuf, size_t errlen);
 extern void iotpipe_producer_destroy(IotProducer *p);
 
-#endif							/* IOTPIPE_KAFKA_H */
+#endif							/* IOTPIPE_KAFKA_PRODUCER_H */
