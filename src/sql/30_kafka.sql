@@ -52,7 +52,7 @@ CREATE VIEW iotpipe.kafka_lag AS
       FULL JOIN iotpipe.kafka_watermarks w USING (topic, partition);
 COMMENT ON VIEW iotpipe.kafka_lag IS 'per partition: messages in Kafka not yet in iotpipe.readings (high watermark minus next offset)';
 
--- Checks librdkafka properties without building a client (C, kafka.c).
+-- Checks librdkafka properties without building a client (C, kafka_common.c).
 CREATE FUNCTION iotpipe._kafka_check_options(keys text[], vals text[]) RETURNS void
     AS 'MODULE_PATHNAME', 'iotpipe_kafka_check_options' LANGUAGE C STRICT;
 
