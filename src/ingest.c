@@ -29,6 +29,8 @@
 #include "partition.h"
 #include "sensors.h"
 #include "spiutil.h"
+#include "version.h"
+#include "worker.h"
 #include "ingest.h"
 
 #include "access/table.h"
@@ -44,7 +46,6 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "version.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_relation.h"
 #include "utils/acl.h"
@@ -650,6 +651,12 @@ iotpipe_ingest_write_sensors(bool all)
  * a short transaction of its own, so that iotpipe.sensors does not stay
  * behind when a stream stops.  Cheap when there is nothing held back.
  */
+static void
+idle_write_tx(void *arg)
+{
+	iotpipe_ingest_write_sensors(false);
+}
+
 void
 iotpipe_ingest_idle(void)
 {
@@ -662,12 +669,8 @@ iotpipe_ingest_idle(void)
 	if (now - last_idle_write < (int64) iotpipe_sensor_refresh_ms * 1000 / 4)
 		return;
 	last_idle_write = now;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	iotpipe_ingest_write_sensors(false);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	/* never throws: a failure is logged and published, the write retried later */
+	(void) iotpipe_worker_xact(idle_write_tx, NULL, "writing iotpipe.sensors", false);
 }
 
 /* ---------- SQL: iotpipe.ingest_json(text[]) / ingest_json_bytes(bytea[]) ---------- */
