@@ -304,6 +304,13 @@ getf8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 	return *isnull ? 0 : DatumGetFloat8(d);
 }
 
+/*
+ * The loads below read the shared version counter first and then query with
+ * read_only = false: SPI then takes a new snapshot (READ COMMITTED), taken
+ * after the counter was read.  With the statement's snapshot, a rule change
+ * committed between that snapshot and the counter read would be recorded
+ * as loaded while the old rules were read, and never reloaded.
+ */
 static void
 load_rules(void)
 {
@@ -329,7 +336,7 @@ load_rules(void)
 					  "       window_size, min_samples, "
 					  "       extract(epoch FROM rate_window)::float8 "
 					  "  FROM iotpipe.alert_rules WHERE enabled ORDER BY rule_id",
-					  true, 0);
+					  false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.alert_rules: %s", SPI_result_code_string(ret));
 	desc = SPI_tuptable->tupdesc;
@@ -394,7 +401,7 @@ load_rules(void)
 
 	ret = SPI_execute("SELECT coalesce(rule_id, 0), sensor_id, location, starts_at, ends_at "
 					  "  FROM iotpipe.silences WHERE ends_at > now()",
-					  true, 0);
+					  false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.silences: %s", SPI_result_code_string(ret));
 	desc = SPI_tuptable->tupdesc;
@@ -435,7 +442,7 @@ load_firing(void)
 		hash_search(firing_htab, &fe->key, HASH_REMOVE, NULL);
 
 	ret = SPI_execute("SELECT rule_id, sensor_id, alert_id, started_at FROM iotpipe.alerts "
-					  " WHERE state = 'firing'", true, 0);
+					  " WHERE state = 'firing'", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.alerts: %s", SPI_result_code_string(ret));
 	for (i = 0; i < SPI_processed; i++)
