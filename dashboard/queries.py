@@ -17,7 +17,6 @@ import datetime as dt
 
 import pandas as pd
 import psycopg
-from psycopg import errors as pgerr
 
 from dashboard.db import query_df, query_one
 
@@ -182,14 +181,19 @@ SELECT {_ALERT_COLS}
  LIMIT 200
 """
 
+# NOTIFY has no privileges: any role that can connect can send on iotpipe_alerts.
+# A notification only names an alert; what is shown comes from iotpipe.alerts.
+ALERTS_BY_ID = f"""
+SELECT {_ALERT_COLS}
+  FROM iotpipe.alerts a
+  LEFT JOIN iotpipe.alert_rules r ON r.rule_id = a.rule_id
+ WHERE a.alert_id = ANY(%(ids)s)
+ ORDER BY a.alert_id
+"""
+
 MAX_ALERT_ID = "SELECT coalesce(max(alert_id), 0) FROM iotpipe.alerts"
 
 ACK_ALERT = "SELECT iotpipe.ack_alert(%(alert_id)s, %(acked_by)s)"
-# Fallback while iotpipe.ack_alert() does not exist (needs UPDATE on the two columns).
-ACK_ALERT_FALLBACK = """
-UPDATE iotpipe.alerts SET acked_at = now(), acked_by = %(acked_by)s
- WHERE alert_id = %(alert_id)s AND acked_at IS NULL
-"""
 
 
 def kpis(conn: psycopg.Connection, stale_s: float = 60.0) -> dict:
@@ -303,21 +307,23 @@ def max_alert_id(conn) -> int:
     return int(query_one(conn, MAX_ALERT_ID)[0])
 
 
-def ack_alert(conn, alert_id: int, acked_by: str) -> str:
-    """Acknowledge an alert through iotpipe.ack_alert(); returns which path was used.
+def ack_alert(conn, alert_id: int, acked_by: str) -> None:
+    """Acknowledge an alert through iotpipe.ack_alert()."""
+    conn.execute(ACK_ALERT, {"alert_id": int(alert_id), "acked_by": acked_by})
 
-    While the alert engine's ack_alert() is not installed, fall back to a direct UPDATE
-    (works only for roles holding UPDATE on iotpipe.alerts)."""
-    try:
-        conn.execute(ACK_ALERT, {"alert_id": int(alert_id), "acked_by": acked_by})
-        return "ack_alert"
-    except pgerr.UndefinedFunction:
-        if not conn.autocommit:
-            conn.rollback()
-        conn.execute(
-            ACK_ALERT_FALLBACK, {"alert_id": int(alert_id), "acked_by": acked_by}
-        )
-        return "update"
+
+def alerts_by_id(conn, notes: list[dict]) -> pd.DataFrame:
+    """The alerts that notifications name, as iotpipe.alerts has them: a forged
+    notification (unknown id, or made-up fields) shows nothing of its own."""
+    ids = []
+    for n in notes:
+        try:
+            ids.append(int(n.get("alert_id")))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    if not ids:
+        return pd.DataFrame()
+    return query_df(conn, ALERTS_BY_ID, {"ids": ids})
 
 
 # ---------------------------------------------------------------------------

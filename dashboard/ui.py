@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import queue
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -65,6 +66,22 @@ def drop_conn():
             pass
 
 
+# What CommonMark or Streamlit's Markdown gives a meaning to inside a line: links and
+# images ([ ] ( ) !), emphasis and code (* _ ` ~), HTML and entities (< > &), tables (|),
+# colour and icon directives (:red[...], :material/...:), LaTeX ($), braces.  Data never
+# starts a line here (line breaks are folded), so - + . # need no escape.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|<>~:$&])")
+
+
+def md(value) -> str:
+    """Text that comes from data (sensor ids, locations, rule names, error messages),
+    shown inside Markdown as itself: every special character backslash-escaped (any ASCII
+    punctuation may be escaped in CommonMark), line breaks folded to spaces."""
+    s = "" if value is None else str(value)
+    s = s.replace("\r", " ").replace("\n", " ")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
 def page_guard() -> psycopg.Connection:
     """Connect and check the extension; on failure say so on the page and stop it."""
     url = get_url()
@@ -80,7 +97,7 @@ def page_guard() -> psycopg.Connection:
     except Exception as e:  # unreachable, auth failure, ...
         drop_conn()
         st.error(
-            f"**Database unreachable.** {db.describe_error(e, 'the database')}\n\nURL: `{db.mask_url(url)}`"
+            f"**Database unreachable.** {md(db.describe_error(e, 'the database'))}\n\nURL: {md(db.mask_url(url))}"
         )
         st.stop()
     if version is None:
@@ -108,11 +125,11 @@ def section(what: str):
         kind = db.classify_error(e)
         if kind == db.UNREACHABLE:
             drop_conn()
-            st.error(db.describe_error(e, what))
+            st.error(md(db.describe_error(e, what)))
         elif kind == db.NOT_AVAILABLE:
-            st.info(db.describe_error(e, what))
+            st.info(md(db.describe_error(e, what)))
         else:
-            st.warning(db.describe_error(e, what))
+            st.warning(md(db.describe_error(e, what)))
 
 
 # ---------------------------------------------------------------------------
@@ -246,7 +263,7 @@ def fmt_age(secs: float | None) -> str:
 def sidebar():
     url = get_url()
     with st.sidebar:
-        st.caption(f"Database: `{db.mask_url(url)}`")
+        st.caption(f"Database: {md(db.mask_url(url))}")
         st.text_input(
             "Acknowledge as",
             value="operator",

@@ -135,7 +135,7 @@ def live_chart(mode, target, metric, window_s):
             )
             sensor, location = None, target
         if data.empty:
-            st.info(f"No readings for {mode.lower()} {target} yet.")
+            st.info(f"No readings for {mode.lower()} {ui.md(target)} yet.")
             return
         data["ts"] = pd.to_datetime(data["ts"], utc=True)
         values = data[metric].dropna()
@@ -256,8 +256,8 @@ def _toast_new(alerts):
         except (TypeError, ValueError):
             shown = ""
         st.toast(
-            f"Critical alert #{aid}: {rule} on {a.get('sensor_id')}"
-            + (f" ({shown})" if shown else ""),
+            f"Critical alert #{aid}: {ui.md(rule)} on {ui.md(a.get('sensor_id'))}"
+            + (f" ({ui.md(shown)})" if shown else ""),
             icon=":material/warning:",
         )
 
@@ -270,16 +270,24 @@ def _alert_value(row) -> str:
     if row.kind == "offline":
         return f" · silent {v:.0f} s" if v is not None else " · offline"
     if row.kind == "anomaly":
-        out = f" · {metric} z = {v:.1f}" if v is not None else f" · {metric}"
+        out = (
+            f" · {ui.md(metric)} z = {v:.1f}"
+            if v is not None
+            else f" · {ui.md(metric)}"
+        )
         return out + (f" ({reading:.2f})" if reading is not None else "")
     if row.kind == "rate":
-        out = f" · {metric} {v:+.2f}/min" if v is not None else f" · {metric}"
+        out = (
+            f" · {ui.md(metric)} {v:+.2f}/min"
+            if v is not None
+            else f" · {ui.md(metric)}"
+        )
         return out + (f" ({reading:.2f})" if reading is not None else "")
     shown = reading if reading is not None else v
     return (
-        f" · {metric} = {shown:.2f}"
+        f" · {ui.md(metric)} = {shown:.2f}"
         if shown is not None
-        else (f" · {metric}" if metric else "")
+        else (f" · {ui.md(metric)}" if metric else "")
     )
 
 
@@ -287,13 +295,8 @@ def _ack(alert_id: int):
     """Button callback: acknowledge through iotpipe.ack_alert(), then refresh the feed."""
     ss = st.session_state
     try:
-        how = q.ack_alert(ui.conn(), alert_id, ss.get("ack_as") or "operator")
+        q.ack_alert(ui.conn(), alert_id, ss.get("ack_as") or "operator")
         ss["_ack_msg"] = (f"Alert #{alert_id} acknowledged", None)
-        if how == "update":
-            ss["_ack_msg"] = (
-                f"Alert #{alert_id} acknowledged (direct update: iotpipe.ack_alert() missing)",
-                None,
-            )
     except Exception as e:  # noqa: BLE001 - shown in the feed
         ss["_ack_msg"] = (
             None,
@@ -316,7 +319,10 @@ def alert_feed():
         now = dt.datetime.now().timestamp()
         listening = bool(listener and listener.connected)
         if notes:
-            _toast_new(notes)
+            # only alerts that exist, with their stored fields (NOTIFY can be forged)
+            known = q.alerts_by_id(c, notes)
+            if not known.empty:
+                _toast_new(known.to_dict("records"))
         # Without a live LISTEN connection, fall back to polling for new alerts.
         if not listening:
             new = q.alerts_after(c, ss["_feed_max_id"])
@@ -347,7 +353,7 @@ def alert_feed():
         if ok:
             st.toast(ok, icon=":material/check:")
         if err:
-            st.warning(err)
+            st.warning(ui.md(err))
         if listening:
             st.caption(
                 f":green[●] live: LISTEN iotpipe_alerts ({listener.received} notifications received)"
@@ -355,7 +361,7 @@ def alert_feed():
         else:
             err = listener.error if listener else "no listener"
             st.caption(
-                f":orange[●] polling every {ui.FEED_REFRESH_S} s (LISTEN not connected: {err})"
+                f":orange[●] polling every {ui.FEED_REFRESH_S} s (LISTEN not connected: {ui.md(err)})"
             )
         if df.empty:
             st.info("No alerts yet.")
@@ -372,12 +378,12 @@ def alert_feed():
             what = _alert_value(row)
             rule = row.rule if isinstance(row.rule, str) else f"rule {row.rule_id}"
             acked = (
-                f" · acked by {row.acked_by} at {pd.Timestamp(row.acked_at):%H:%M:%S}"
+                f" · acked by {ui.md(row.acked_by)} at {pd.Timestamp(row.acked_at):%H:%M:%S}"
                 if not pd.isna(row.acked_at)
                 else ""
             )
             cols[0].markdown(
-                f"{SEVERITY_BADGES.get(row.severity, row.severity)} #{row.alert_id} · **{rule}** · {row.sensor_id}"
+                f"{SEVERITY_BADGES.get(row.severity, ui.md(row.severity))} #{row.alert_id} · **{ui.md(rule)}** · {ui.md(row.sensor_id)}"
                 f"{what}"
                 f" · {state} since {when}{acked}"
             )

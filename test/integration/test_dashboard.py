@@ -358,6 +358,55 @@ def test_configuration(dash):
     assert not at.error and "Workers running" in metrics(at)
 
 
+def test_data_is_shown_as_text_not_markdown(dash):
+    """Device-chosen sensor ids and admin-chosen rule names are data: no link, image,
+    emphasis or colour directive of theirs reaches the page's Markdown."""
+    from dashboard import ui
+
+    db = dash["db"]
+    evil_sensor = "![x](http://127.0.0.1:9/s.png)"
+    evil_rule = "[r](http://127.0.0.1:9/) **bold** :red[x] $x$"
+    db.execute(
+        "INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, op, threshold,"
+        " clear_threshold, severity) VALUES (%s, 'threshold', 'temperature', %s, '>', 80, 70,"
+        " 'critical')",
+        (evil_rule, evil_sensor),
+    )
+    try:
+
+        def fired():
+            reading = json.dumps(
+                {
+                    "sensor_id": evil_sensor,
+                    "ts": iso(dt.datetime.now(dt.timezone.utc)),
+                    "temperature": 99.0,
+                    "location": "[loc](http://127.0.0.1:9/)",
+                }
+            )
+            ingest(db, [reading])
+            return db.execute(
+                "SELECT a.alert_id FROM iotpipe.alerts a JOIN iotpipe.alert_rules r"
+                " USING (rule_id) WHERE r.name = %s AND a.state = 'firing'",
+                (evil_rule,),
+            ).fetchone()
+
+        aid = poll(fired, timeout=15, interval=0.5, what="the hostile alert")[0]
+        at = run_page(app_test())
+        lines = [m.value for m in at.markdown if f"#{aid} " in m.value]
+        assert lines, texts(at)
+        line = lines[0]
+        assert ui.md(evil_sensor) in line and ui.md(evil_rule) in line, line
+        assert evil_sensor not in line and "](http" not in line, line
+        assert ":red[" not in line and "**bold**" not in line, line
+        # the escaping is exact: every special character of the data is escaped once
+        assert ui.md("a*b_c[d](e)!f:g") == r"a\*b\_c\[d\]\(e\)\!f\:g"
+    finally:
+        db.execute("DELETE FROM iotpipe.alert_rules WHERE name = %s", (evil_rule,))
+        db.execute("DELETE FROM iotpipe.alerts WHERE sensor_id = %s", (evil_sensor,))
+        db.execute("DELETE FROM iotpipe.readings WHERE sensor_id = %s", (evil_sensor,))
+        db.execute("DELETE FROM iotpipe.sensors WHERE sensor_id = %s", (evil_sensor,))
+
+
 def test_extension_missing():
     c = connect("postgres")
     try:
@@ -513,11 +562,28 @@ def test_browser(dash, server, browser):
         f"Ack #{a2}",
         "live: LISTEN iotpipe_alerts",
     )
+    # forged notifications (NOTIFY has no privileges): an unknown alert id, and a
+    # real id with made-up fields; then a real alert, so the listener has read both
+    db.execute(
+        "SELECT pg_notify('iotpipe_alerts', %s), pg_notify('iotpipe_alerts', %s)",
+        (
+            json.dumps(
+                {"alert_id": 987654321, "state": "firing", "severity": "critical",
+                 "rule": "FORGED-RULE", "sensor_id": "FORGED-SENSOR"}
+            ),
+            json.dumps(
+                {"alert_id": a1, "state": "firing", "severity": "critical",
+                 "rule": "FORGED-OVERRIDE", "sensor_id": "FORGED-SENSOR"}
+            ),
+        ),
+    )  # fmt: skip
     # a new critical alert appears by itself (NOTIFY -> listener thread -> fragment)
     a3 = fire_alert(db, "dash-0003", 99.0)
     wait_text(
         d, f"#{a3}", f"Critical alert #{a3}", timeout=20
     )  # in the feed, and a toast
+    shown = body_text(d)
+    assert "FORGED" not in shown and "987654321" not in shown
     time.sleep(
         2
     )  # let the charts finish drawing for the screenshot  # let the chart finish drawing for the screenshot
