@@ -11,6 +11,7 @@ yet is reported as such in the PDF instead of failing it.
 from __future__ import annotations
 
 import argparse
+from xml.sax.saxutils import escape as xml_escape
 import datetime as dt
 import io
 import os
@@ -172,7 +173,8 @@ def build_pdf(data: dict) -> bytes:
     ]
 
     def unavailable(what, err):
-        story.append(Paragraph(db.describe_error(err, what), body))
+        # Paragraph parses its text as markup: an error text is data
+        story.append(Paragraph(xml_escape(db.describe_error(err, what)), body))
 
     hourly = data.get("hourly")
     comp = data.get("completeness")
