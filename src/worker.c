@@ -26,7 +26,11 @@
 #include <signal.h>
 
 #include "access/xact.h"
-#include "commands/dbcommands.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_database.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -132,11 +136,30 @@ worker_attach(int slotno, IotWorkerKind kind)
 static bool
 worker_database_exists(void)
 {
-	bool		found;
+	bool		found = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
 
+	/*
+	 * A plain scan of pg_database, like the autovacuum launcher's: without a
+	 * database only the nailed shared catalogs can be opened (an index scan,
+	 * get_database_oid(), would need pg_class).
+	 */
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	found = OidIsValid(get_database_oid(iotpipe_database, true));
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database dbform = (Form_pg_database) GETSTRUCT(tup);
+
+		found = strcmp(NameStr(dbform->datname), iotpipe_database) == 0;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
 	CommitTransactionCommand();
 	return found;
 }
