@@ -32,8 +32,8 @@ extern int64 simgen_position(SimGen *gen);
 /*
  * Advance by n messages without making them: the state is exactly that of
  * a generator that made them.  Costs the signal's arithmetic per reading
- * (no formatting): some tens of millions of readings per second... see
- * simgen.c for the measured cost.
+ * (no formatting): about 1 us per skipped reading measured (5,062 in 5 ms),
+ * so a restart at position 10 million fast-forwards for some 10 s.
  */
 extern void simgen_skip(SimGen *gen, int64 n);
 
