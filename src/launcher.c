@@ -523,6 +523,15 @@ iotpipe_launcher_main(Datum arg)
 		(void) iotpipe_worker_wait(iotpipe_launcher_naptime_ms, PGINVALID_SOCKET);
 	}
 
+	/*
+	 * Exit code 1, whatever stopped the loop: a static background worker
+	 * that exits 0 is unregistered by the postmaster and never comes back,
+	 * so pg_terminate_backend() of the launcher (or anything else that
+	 * sends it SIGTERM while the server runs) would end supervision for
+	 * good.  With 1 the postmaster starts it again after bgw_restart_time
+	 * and the new launcher adopts the running workers through their slots.
+	 * At a server shutdown the postmaster restarts nothing anyway.
+	 */
 	ereport(LOG, (errmsg("iotpipe launcher shutting down")));
-	proc_exit(0);
+	proc_exit(1);
 }

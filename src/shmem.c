@@ -19,6 +19,8 @@
 #include "guc.h"
 #include "shmem.h"
 
+#include "commands/dbcommands.h"
+#include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
@@ -109,4 +111,52 @@ iotpipe_slot(int slotno)
 	if (slotno < 0 || slotno >= iotpipe_shared->nslots)
 		elog(ERROR, "iotpipe worker slot %d out of range", slotno);
 	return &iotpipe_shared->slots[slotno];
+}
+
+/*
+ * The workers run in iotpipe.database only.  The extension may be created
+ * in other databases too (its tables, iotpipe.simulate(), ingest_json()
+ * work there), but the functions that act on the workers refuse, and
+ * iotpipe.status shows no rows there: shared memory describes the workers
+ * of iotpipe.database.
+ */
+bool
+iotpipe_in_worker_database(void)
+{
+	char	   *name;
+	bool		same;
+
+	if (!OidIsValid(MyDatabaseId) || iotpipe_database == NULL)
+		return false;
+	name = get_database_name(MyDatabaseId);
+	same = name != NULL && strcmp(name, iotpipe_database) == 0;
+	if (name)
+		pfree(name);
+	return same;
+}
+
+void
+iotpipe_require_worker_database(void)
+{
+	char	   *name;
+
+	iotpipe_require_preload();
+	if (iotpipe_in_worker_database())
+		return;
+	name = get_database_name(MyDatabaseId);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("iotpipe workers run in database \"%s\", not in \"%s\"",
+					iotpipe_database, name ? name : "?"),
+			 errhint("Connect to database \"%s\", or set iotpipe.database in postgresql.conf to the database the workers should run in and restart the server.",
+					 iotpipe_database)));
+}
+
+/* iotpipe._require_worker_database(): the check above, for the SQL functions */
+PG_FUNCTION_INFO_V1(iotpipe_require_worker_database_sql);
+Datum
+iotpipe_require_worker_database_sql(PG_FUNCTION_ARGS)
+{
+	iotpipe_require_worker_database();
+	PG_RETURN_VOID();
 }

@@ -64,6 +64,8 @@ typedef struct IotShared
 	LWLock	   *lock;
 	int			launcher_pid;
 	Latch	   *launcher_latch;
+	/* the launcher's probe found iotpipe.database: connect at its next start */
+	bool		launcher_db_exists;
 	pg_atomic_uint64 rules_version;	/* bumped on any change of alert rules/silences */
 	pg_atomic_uint64 spare[7];	/* room for more counters without a layout change */
 	int			nslots;
@@ -84,5 +86,11 @@ extern void iotpipe_shmem_init(void);
 
 /* functions that need the workers or shared memory call this first */
 extern void iotpipe_require_preload(void);
+
+/* true when this backend is connected to iotpipe.database (where the workers run) */
+extern bool iotpipe_in_worker_database(void);
+
+/* functions that act on the workers call this: an error in any other database */
+extern void iotpipe_require_worker_database(void);
 
 #endif							/* IOTPIPE_SHMEM_H */

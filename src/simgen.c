@@ -83,6 +83,7 @@ struct SimGen
 	double		step_us;
 	uint64		emitted;
 	bool		text_safe;		/* never emit invalid UTF-8 */
+	bool		skipping;		/* simgen_skip(): state only, no message */
 };
 
 /* splitmix64: tiny, fast, good enough, and trivially seedable */
@@ -367,6 +368,8 @@ simgen_next(SimGen *gen, StringInfo buf, TimestampTz now)
 	{
 		int			kind = uniform_int(&s->rng, 0, 9);
 
+		if (gen->skipping)
+			return true;
 		if (kind == 6 && gen->text_safe)
 			kind = 7;
 		switch (kind)
@@ -418,6 +421,30 @@ simgen_next(SimGen *gen, StringInfo buf, TimestampTz now)
 		}
 		return true;
 	}
+	if (gen->skipping)
+		return false;
 	append_valid(buf, s, ts, t, h);
 	return false;
+}
+
+int64
+simgen_position(SimGen *gen)
+{
+	return (int64) gen->emitted;
+}
+
+/*
+ * Fast-forward: the same draws from every PRNG as simgen_next(), in the same
+ * order, without formatting a message (formatting draws nothing).  The state
+ * cannot be computed in closed form (drift, episodes, stuck values and
+ * silences depend on every earlier draw), so this costs the signal's
+ * arithmetic for each skipped reading.
+ */
+void
+simgen_skip(SimGen *gen, int64 n)
+{
+	gen->skipping = true;
+	while (n-- > 0)
+		(void) simgen_next(gen, NULL, 0);
+	gen->skipping = false;
 }

@@ -30,6 +30,7 @@
 
 #include <math.h>
 
+#include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -53,6 +54,8 @@ typedef struct SimConfig
 	char		brokers[1024];
 	double		malformed_ratio;
 	TimestampTz start_ts;
+	int			generation;
+	int64		position;		/* readings already written by this run */
 } SimConfig;
 
 typedef struct ConfigArgs
@@ -69,7 +72,7 @@ read_config_tx(void *arg)
 	int			ret;
 
 	ret = SPI_execute("SELECT s.enabled, s.sensors, s.rate, s.seed, s.sink, coalesce(s.topic, ''), "
-					  "coalesce(s.brokers, ''), s.malformed_ratio, s.start_ts "
+					  "coalesce(s.brokers, ''), s.malformed_ratio, s.start_ts, s.generation, s.position "
 					  "FROM iotpipe.simulator s", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
@@ -92,6 +95,8 @@ read_config_tx(void *arg)
 		cfg->malformed_ratio = DatumGetFloat8(SPI_getbinval(tup, desc, 8, &isnull));
 		d = SPI_getbinval(tup, desc, 9, &isnull);
 		cfg->start_ts = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+		cfg->generation = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+		cfg->position = DatumGetInt64(SPI_getbinval(tup, desc, 11, &isnull));
 		ca->found = true;
 	}
 }
@@ -122,23 +127,45 @@ write_sensors_tx(void *arg)
 typedef struct FlushArgs
 {
 	IotBatch   *batch;
+	int			generation;		/* of the row's settings this run has */
+	int64		position;		/* the generator's position after the batch; -1: not kept */
 	uint64		accepted;
 	uint64		rejected;
 } FlushArgs;
 
+/*
+ * The batch's rows and, with start_ts, the generator's position after them,
+ * in one transaction: a restart (kill -9, crash or server restart) resumes
+ * exactly after the last committed reading, neither repeating nor skipping
+ * one.  The position is only moved for the run's own generation: a
+ * simulator_start() in between (which resets it) wins.
+ */
 static void
 flush_tx(void *arg)
 {
 	FlushArgs  *fa = (FlushArgs *) arg;
 
 	iotpipe_batch_flush(fa->batch, &fa->accepted, &fa->rejected);
+	if (fa->position >= 0)
+	{
+		Oid			types[2] = {INT8OID, INT4OID};
+		Datum		values[2] = {Int64GetDatum(fa->position), Int32GetDatum(fa->generation)};
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args("UPDATE iotpipe.simulator s SET position = $1 "
+								  "WHERE s.generation = $2",
+								  2, types, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record the simulator's position");
+		SPI_finish();
+	}
 }
 
 /* write one batch in its own transaction; false (and state backoff) on failure */
 static bool
-flush_direct(IotBatch *batch)
+flush_direct(IotBatch *batch, int generation, int64 position)
 {
-	FlushArgs	fa = {.batch = batch};
+	FlushArgs	fa = {.batch = batch, .generation = generation, .position = position};
 	char	   *err;
 
 	if (!iotpipe_run_xact(flush_tx, &fa, "iotpipe simulator: writing a batch", false, &err))
@@ -173,6 +200,7 @@ iotpipe_simulator_main(Datum arg)
 	uint64		emitted = 0;
 	int			backoff_ms = 500;
 	bool		pending = false;	/* a failed batch waits to be retried */
+	bool		keep_position;	/* reproducible run: the position is committed */
 
 	iotpipe_worker_init(slotno, IOT_WORKER_SIMULATOR);
 	pgstat_report_appname("iotpipe simulator");
@@ -202,6 +230,32 @@ iotpipe_simulator_main(Datum arg)
 						cfg.rate > 0 ? 1.0 / cfg.rate : 0.001);
 	batch = iotpipe_batch_create(workcxt);
 	initStringInfo(&msg);
+
+	/*
+	 * With start_ts (virtual event time) and the direct sink the run is
+	 * reproducible: its position is committed with every batch and a
+	 * restarted simulator fast-forwards the generator to it.  Wall-clock
+	 * runs start their signal afresh (their event times never repeat), and
+	 * the kafka sink cannot commit a position with its deliveries.
+	 */
+	keep_position = cfg.start_ts != DT_NOBEGIN && strcmp(cfg.sink, "direct") == 0;
+	if (keep_position && cfg.position > 0)
+	{
+		TimestampTz t0 = GetCurrentTimestamp();
+		int64		left = cfg.position;
+
+		while (left > 0 && !iotpipe_worker_should_stop())
+		{
+			int64		chunk = Min(left, (int64) 1000000);
+
+			simgen_skip(gen, chunk);
+			left -= chunk;
+			iotpipe_worker_handle_interrupts();
+		}
+		ereport(LOG,
+				(errmsg("iotpipe simulator resumes at reading " INT64_FORMAT " (fast-forward took %ld ms)",
+						cfg.position, (long) ((GetCurrentTimestamp() - t0) / 1000))));
+	}
 
 	/* the kafka sink needs a producer; keep trying until it can be made */
 	while (strcmp(cfg.sink, "kafka") == 0 && producer == NULL && !iotpipe_worker_should_stop())
@@ -234,7 +288,8 @@ iotpipe_simulator_main(Datum arg)
 		if (pending)
 		{
 			/* retry the failed batch before making new readings */
-			if (flush_direct(batch))
+			if (flush_direct(batch, cfg.generation,
+							 keep_position ? simgen_position(gen) : -1))
 			{
 				pending = false;
 				backoff_ms = 500;
@@ -330,7 +385,8 @@ iotpipe_simulator_main(Datum arg)
 				iotpipe_set_state(IOT_STATE_RUNNING, NULL);
 			iotpipe_count(n, 0, 0);
 		}
-		else if (flush_direct(batch))
+		else if (flush_direct(batch, cfg.generation,
+							  keep_position ? simgen_position(gen) : -1))
 			iotpipe_batch_reset(batch);
 		else
 			pending = true;

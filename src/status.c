@@ -195,6 +195,9 @@ iotpipe_worker_status(PG_FUNCTION_ARGS)
 
 	iotpipe_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
+	/* the slots describe the workers of iotpipe.database: none run here */
+	if (!iotpipe_in_worker_database())
+		return (Datum) 0;
 
 	for (i = 0; i < iotpipe_shared->nslots; i++)
 	{

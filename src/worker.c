@@ -26,6 +26,11 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_database.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -105,7 +110,8 @@ worker_attach(int slotno, IotWorkerKind kind)
 		LWLockRelease(iotpipe_shared->lock);
 		ereport(LOG,
 				(errmsg("iotpipe worker slot %d is already taken by PID %d, exiting", slotno, other)));
-		proc_exit(0);
+		/* a static launcher that exits 0 is never started again */
+		proc_exit(slotno == IOT_SLOT_LAUNCHER ? 1 : 0);
 	}
 	slot->pid = MyProcPid;
 	slot->kind = kind;
@@ -126,6 +132,101 @@ worker_attach(int slotno, IotWorkerKind kind)
 	before_shmem_exit(worker_detach, Int32GetDatum(slotno));
 }
 
+/* does iotpipe.database exist?  (a transaction on the shared catalogs only) */
+static bool
+worker_database_exists(void)
+{
+	bool		found = false;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	/*
+	 * A plain scan of pg_database, like the autovacuum launcher's: without a
+	 * database only the nailed shared catalogs can be opened (an index scan,
+	 * get_database_oid(), would need pg_class).
+	 */
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database dbform = (Form_pg_database) GETSTRUCT(tup);
+
+		found = strcmp(NameStr(dbform->datname), iotpipe_database) == 0;
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+/*
+ * The launcher before it connects: a connection to a database that does not
+ * exist is a FATAL error, and the postmaster would start the launcher again
+ * every second, each time with a FATAL line in the log.  So the launcher
+ * first connects to no database (shared catalogs only), waits quietly until
+ * iotpipe.database appears in pg_database (one LOG line a minute meanwhile,
+ * state "waiting" in its slot) and then exits with code 1: the postmaster
+ * starts it again a second later, and that start connects (a process cannot
+ * change its database).  iotpipe_shared->launcher_db_exists tells the next
+ * start which way to go; it is cleared when read, so a database dropped in
+ * between costs one FATAL line and the probe again.
+ */
+static void
+launcher_wait_for_database(void)
+{
+	bool		direct;
+	TimestampTz last_log = 0;
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	direct = iotpipe_shared->launcher_db_exists;
+	iotpipe_shared->launcher_db_exists = false;
+	LWLockRelease(iotpipe_shared->lock);
+	if (direct)
+		return;
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	worker_attach(IOT_SLOT_LAUNCHER, IOT_WORKER_LAUNCHER);
+	pgstat_report_appname("iotpipe launcher");
+	for (;;)
+	{
+		TimestampTz now;
+
+		if (worker_database_exists())
+		{
+			LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+			iotpipe_shared->launcher_db_exists = true;
+			LWLockRelease(iotpipe_shared->lock);
+			if (last_log != 0)
+				ereport(LOG,
+						(errmsg("iotpipe launcher: database \"%s\" exists now, connecting",
+								iotpipe_database)));
+			proc_exit(1);
+		}
+		now = GetCurrentTimestamp();
+		if (last_log == 0 || now - last_log >= 60 * USECS_PER_SEC)
+		{
+			char		detail[IOTPIPE_ERRLEN];
+
+			snprintf(detail, sizeof(detail), "database \"%s\" does not exist", iotpipe_database);
+			iotpipe_set_state(IOT_STATE_WAITING, detail);
+			ereport(LOG,
+					(errmsg("iotpipe launcher is waiting for database \"%s\" (iotpipe.database) to be created",
+							iotpipe_database),
+					 errhint("Create the database and the extension in it, or set iotpipe.database to an existing database and restart the server.")));
+			last_log = now;
+		}
+		iotpipe_count(0, 0, 0);
+		(void) iotpipe_worker_wait(1000, PGINVALID_SOCKET);
+		if (ShutdownRequestPending)
+			proc_exit(1);
+	}
+}
+
 void
 iotpipe_worker_init(int slotno, IotWorkerKind kind)
 {
@@ -143,6 +244,8 @@ iotpipe_worker_init(int slotno, IotWorkerKind kind)
 	else
 		pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
+	if (kind == IOT_WORKER_LAUNCHER)
+		launcher_wait_for_database();
 	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
 	worker_attach(slotno, kind);
 }

@@ -114,10 +114,19 @@ CREATE TABLE iotpipe.simulator (
     malformed_ratio float8 NOT NULL DEFAULT 0.001 CHECK (malformed_ratio BETWEEN 0 AND 1),
     start_ts        timestamptz,
     generation      int NOT NULL DEFAULT 0,
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- readings written so far by this run (sink direct), committed with them:
+    -- with start_ts a restarted simulator resumes exactly there
+    position        bigint NOT NULL DEFAULT 0 CHECK (position >= 0)
 );
 INSERT INTO iotpipe.simulator DEFAULT VALUES;
 COMMENT ON TABLE iotpipe.simulator IS 'desired state of the simulator worker; the launcher makes it so';
+
+-- The workers run in iotpipe.database only: the functions that act on them
+-- refuse anywhere else (C, shmem.c).
+CREATE FUNCTION iotpipe._require_worker_database() RETURNS void
+    AS 'MODULE_PATHNAME', 'iotpipe_require_worker_database_sql' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION iotpipe.simulator_start(sensors int DEFAULT 100, rate float8 DEFAULT 100,
                                         seed bigint DEFAULT 1, sink text DEFAULT 'direct',
@@ -127,6 +136,7 @@ CREATE FUNCTION iotpipe.simulator_start(sensors int DEFAULT 100, rate float8 DEF
     RETURNS void LANGUAGE plpgsql AS
 $$
 BEGIN
+    PERFORM iotpipe._require_worker_database();
     IF sensors IS NULL OR sensors < 1 OR sensors > 1000000 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('invalid number of sensors: %s', sensors),
@@ -158,7 +168,7 @@ BEGIN
            topic = simulator_start.topic, brokers = simulator_start.brokers,
            malformed_ratio = simulator_start.malformed_ratio,
            start_ts = simulator_start.start_ts,
-           generation = s.generation + 1, updated_at = now();
+           generation = s.generation + 1, updated_at = now(), position = 0;
     PERFORM iotpipe._wake_launcher();
 END
 $$;
@@ -168,6 +178,7 @@ COMMENT ON FUNCTION iotpipe.simulator_start(int, float8, bigint, text, text, tex
 CREATE FUNCTION iotpipe.simulator_stop() RETURNS void LANGUAGE plpgsql AS
 $$
 BEGIN
+    PERFORM iotpipe._require_worker_database();
     UPDATE iotpipe.simulator SET enabled = false, generation = generation + 1, updated_at = now();
     PERFORM iotpipe._wake_launcher();
 END
@@ -213,7 +224,8 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe.ingest_json_bytes(bytea[], text),
     iotpipe.simulator_start(int, float8, bigint, text, text, text, float8, timestamptz),
     iotpipe.simulator_stop(),
-    iotpipe._wake_launcher()
+    iotpipe._wake_launcher(),
+    iotpipe._require_worker_database()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.create_partitions(date, date),
@@ -221,7 +233,8 @@ GRANT EXECUTE ON FUNCTION
     iotpipe.ingest_json_bytes(bytea[], text),
     iotpipe.simulator_start(int, float8, bigint, text, text, text, float8, timestamptz),
     iotpipe.simulator_stop(),
-    iotpipe._wake_launcher()
+    iotpipe._wake_launcher(),
+    iotpipe._require_worker_database()
     TO iotpipe_admin;
 GRANT INSERT ON iotpipe.readings, iotpipe.dead_letters TO iotpipe_admin;
 GRANT SELECT, INSERT, UPDATE ON iotpipe.sensors TO iotpipe_admin;

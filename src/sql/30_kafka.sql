@@ -65,6 +65,7 @@ DECLARE
     keys text[];
     vals text[];
 BEGIN
+    PERFORM iotpipe._require_worker_database();
     IF brokers IS NULL OR btrim(brokers) = '' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'kafka brokers must not be empty',
@@ -119,6 +120,7 @@ COMMENT ON FUNCTION iotpipe.kafka_start(text, text, text, int, jsonb) IS
 CREATE FUNCTION iotpipe.kafka_stop(topic text) RETURNS void LANGUAGE plpgsql AS
 $$
 BEGIN
+    PERFORM iotpipe._require_worker_database();
     UPDATE iotpipe.kafka_sources s
        SET enabled = false, generation = s.generation + 1, updated_at = now()
      WHERE s.topic = kafka_stop.topic;
