@@ -217,9 +217,9 @@ iotpipe_kafka_check_option(const char *key, const char *val, const char *file)
 char *
 iotpipe_kafka_read_secret(const char *key, const char *file, char **err)
 {
-	char		dir[MAXPGPATH],
-				path[MAXPGPATH],
-				real[MAXPGPATH];
+	char		dir[PATH_MAX],
+				path[PATH_MAX],
+				real[PATH_MAX];
 	const char *p;
 	char	   *buf;
 	int			fd;
