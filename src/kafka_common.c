@@ -197,7 +197,7 @@ iotpipe_kafka_check_option(const char *key, const char *val, const char *file)
 		const char *const *m;
 
 		for (m = allowed_mechanisms; *m; m++)
-			if (pg_strcasecmp(val, *m) == 0)
+			if (strcmp(val, *m) == 0)	/* librdkafka compares exactly */
 				break;
 		if (*m == NULL)
 			return psprintf("kafka SASL mechanism \"%s\" is not allowed", val);
@@ -299,6 +299,8 @@ char *
 iotpipe_kafka_apply_options(rd_kafka_conf_t *conf, int n, char **keys, char **vals, char **files)
 {
 	int			i;
+	const char *protocol = NULL;
+	bool		mechanism = false;
 
 	/* everything is checked before anything is set */
 	for (i = 0; i < n; i++)
@@ -307,7 +309,15 @@ iotpipe_kafka_apply_options(rd_kafka_conf_t *conf, int n, char **keys, char **va
 
 		if (err)
 			return err;
+		if (strcmp(keys[i], "security.protocol") == 0)
+			protocol = vals[i];
+		if (strcmp(keys[i], "sasl.mechanisms") == 0 || strcmp(keys[i], "sasl.mechanism") == 0)
+			mechanism = true;
 	}
+	/* librdkafka's default mechanism is GSSAPI, which runs kinit: name one */
+	if (protocol && pg_strncasecmp(protocol, "sasl_", 5) == 0 && !mechanism)
+		return psprintf("kafka option \"sasl.mechanism\" is required with security.protocol \"%s\"",
+						protocol);
 	for (i = 0; i < n; i++)
 	{
 		char		errstr[512];

@@ -81,6 +81,13 @@ def test_kafka_start_refuses_gssapi_and_managed_properties(kafka):
                 ),
             )
         assert 'SASL mechanism "GSSAPI" is not allowed' in str(e.value)
+        # librdkafka's default mechanism is GSSAPI: a SASL protocol must name one
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+            c.execute(
+                "SELECT iotpipe.kafka_start(%s, 'iot-sec-gssapi', options => %s)",
+                (kafka.bootstrap, Jsonb({"security.protocol": "SASL_SSL"})),
+            )
+        assert 'kafka option "sasl.mechanism" is required' in str(e.value)
         with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
             c.execute(
                 "SELECT iotpipe.kafka_start(%s, 'iot-sec-gssapi', options => %s)",
