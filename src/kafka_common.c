@@ -246,11 +246,25 @@ iotpipe_kafka_read_secret(const char *key, const char *file, char **err)
 		}
 	if (realpath(iotpipe_secrets_dir, dir) == NULL)
 	{
-		*err = psprintf("could not resolve iotpipe.secrets_dir \"%s\": %m", iotpipe_secrets_dir);
+		*err = psprintf("could not resolve iotpipe.secrets_dir: %m");
 		return NULL;
 	}
+	dlen = strlen(dir);
 	if (file[0] == '/')
+	{
+		size_t		rlen = strlen(iotpipe_secrets_dir);
+
+		/* lexically inside first: nothing outside is even looked at */
+		if (!((strncmp(file, dir, dlen) == 0 && (file[dlen] == '/' || dir[dlen - 1] == '/')) ||
+			  (strncmp(file, iotpipe_secrets_dir, rlen) == 0 &&
+			   (file[rlen] == '/' || iotpipe_secrets_dir[rlen - 1] == '/'))))
+		{
+			*err = psprintf("the secret file \"%s\" of kafka option \"%s\" is outside iotpipe.secrets_dir",
+							file, key);
+			return NULL;
+		}
 		strlcpy(path, file, sizeof(path));
+	}
 	else if (snprintf(path, sizeof(path), "%s/%s", dir, file) >= (int) sizeof(path))
 	{
 		*err = psprintf("invalid secret file name for kafka option \"%s\"", key);
@@ -261,7 +275,6 @@ iotpipe_kafka_read_secret(const char *key, const char *file, char **err)
 		*err = psprintf("could not open the secret file \"%s\" of kafka option \"%s\": %m", file, key);
 		return NULL;
 	}
-	dlen = strlen(dir);
 	if (strncmp(real, dir, dlen) != 0 || (real[dlen] != '/' && dir[dlen - 1] != '/'))
 	{
 		*err = psprintf("the secret file \"%s\" of kafka option \"%s\" is outside iotpipe.secrets_dir",

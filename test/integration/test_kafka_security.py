@@ -210,6 +210,9 @@ def test_secret_file_paths_stay_inside_the_directory(kafka, secrets_dir):
         ("../kafka.pass", 'must not contain ".."'),
         ("sub/../../x", 'must not contain ".."'),
         ("/etc/hostname", "outside iotpipe.secrets_dir"),
+        # outside is refused before the file system is asked: no existence oracle
+        ("/no-such-dir-iotpipe/x", "outside iotpipe.secrets_dir"),
+        (secrets_dir + "-sibling/kafka.pass", "outside iotpipe.secrets_dir"),
         ("escape", "outside iotpipe.secrets_dir"),
         ("missing.pass", 'could not open the secret file "missing.pass"'),
     ]:
