@@ -24,6 +24,7 @@ int			iotpipe_max_workers = 16;
 int			iotpipe_launcher_naptime_ms = 500;
 int			iotpipe_kafka_poll_ms = 100;
 int			iotpipe_kafka_max_message_bytes = IOTPIPE_MAX_MESSAGE;
+char	   *iotpipe_secrets_dir = NULL;
 
 void
 iotpipe_guc_init(bool preloading)
@@ -129,6 +130,15 @@ iotpipe_guc_init(bool preloading)
 							PGC_SIGHUP,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("iotpipe.secrets_dir",
+							   "Directory of the files Kafka sources may read secret option values from.",
+							   "Empty (the default): option values cannot come from files. Only files inside it (after resolving symlinks) are read.",
+							   &iotpipe_secrets_dir,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("iotpipe");
 }

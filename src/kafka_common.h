@@ -33,12 +33,29 @@ extern void iotpipe_kafka_emit_logs(void);
 /* ---------- options and conf ---------- */
 
 /*
- * Apply user options (librdkafka properties) to conf.  NULL on success,
- * else a palloc'd message that names the option and, for options that may
- * be secrets, never its value.  Options iotpipe manages are refused.
+ * Is option key (value val, or read from file when file is not NULL)
+ * allowed?  NULL if so, else a palloc'd message naming the property, never
+ * a secret value.  The allowlist is in kafka_common.c and docs/kafka.md.
+ */
+extern char *iotpipe_kafka_check_option(const char *key, const char *val, const char *file);
+
+/* the errhint of a refused option: where the allowed properties are listed */
+extern const char *iotpipe_kafka_options_hint(void);
+
+/*
+ * The content of the secret file of option key (under iotpipe.secrets_dir);
+ * NULL with a message in *err (never the content).  Zero and pfree it.
+ */
+extern char *iotpipe_kafka_read_secret(const char *key, const char *file, char **err);
+
+/*
+ * Check, then apply user options (librdkafka properties) to conf; files[i]
+ * (files may be NULL) names the secret file of keys[i], vals[i] is NULL then.
+ * NULL on success, else a palloc'd message that names the option and never
+ * a secret value.  Nothing is set unless every option is allowed.
  */
 extern char *iotpipe_kafka_apply_options(rd_kafka_conf_t *conf, int n, char **keys,
-										 char **vals);
+										 char **vals, char **files);
 
 /* one property set by iotpipe itself; false with librdkafka's reason in err */
 extern bool iotpipe_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *val,

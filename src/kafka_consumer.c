@@ -216,7 +216,7 @@ consumer_create(int index, char *errbuf, size_t errlen)
 	c->parts.p = MemoryContextAllocZero(workcxt, sizeof(IotKafkaPart));
 	(void) iotpipe_kafka_part(&c->parts, 15);
 
-	err = iotpipe_kafka_apply_options(conf, src.nopts, src.keys, src.vals);
+	err = iotpipe_kafka_apply_options(conf, src.nopts, src.keys, src.vals, src.files);
 	if (err)
 	{
 		strlcpy(errbuf, err, errlen);

@@ -54,7 +54,7 @@ read_source_tx(void *arg)
 	uint64		i;
 
 	if (SPI_execute_with_args("SELECT enabled, brokers, topic, group_id FROM iotpipe.kafka_sources "
-							  "WHERE source_id = $1", 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
+							  "WHERE source_id OPERATOR(pg_catalog.=) $1", 1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		return;
 	old = MemoryContextSwitchTo(sa->cxt);
@@ -64,19 +64,36 @@ read_source_tx(void *arg)
 	src->group_id = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
 	MemoryContextSwitchTo(old);
 
-	if (SPI_execute_with_args("SELECT e.key, coalesce(e.value #>> '{}', '') FROM iotpipe.kafka_sources s, "
-							  "pg_catalog.jsonb_each(s.options) e WHERE s.source_id = $1 ORDER BY 1",
+	/*
+	 * A value is a scalar (its text) or {"file": name}: the name only, the
+	 * secret is read when the conf is built.  Any other shape gives neither
+	 * (NULL, NULL) and the conf refuses it.
+	 */
+	if (SPI_execute_with_args("SELECT e.key, "
+							  "  CASE WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) ANY "
+							  "            ('{string,number,boolean}'::pg_catalog.text[]) "
+							  "       THEN e.value OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[] END, "
+							  "  CASE WHEN pg_catalog.jsonb_typeof(e.value) OPERATOR(pg_catalog.=) 'object' "
+							  "        AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(e.value)) "
+							  "            OPERATOR(pg_catalog.=) 1 "
+							  "        AND pg_catalog.jsonb_typeof(e.value OPERATOR(pg_catalog.->) 'file'::pg_catalog.text) "
+							  "            OPERATOR(pg_catalog.=) 'string' "
+							  "       THEN e.value OPERATOR(pg_catalog.->>) 'file'::pg_catalog.text END "
+							  "FROM iotpipe.kafka_sources s, pg_catalog.jsonb_each(s.options) e "
+							  "WHERE s.source_id OPERATOR(pg_catalog.=) $1 ORDER BY 1",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the options of the kafka source");
 	old = MemoryContextSwitchTo(sa->cxt);
 	src->nopts = (int) SPI_processed;
 	src->keys = palloc(sizeof(char *) * Max(src->nopts, 1));
 	src->vals = palloc(sizeof(char *) * Max(src->nopts, 1));
+	src->files = palloc(sizeof(char *) * Max(src->nopts, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		src->keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		src->vals[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		if (strcmp(src->keys[i], "auto.offset.reset") == 0)
+		src->files[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+		if (strcmp(src->keys[i], "auto.offset.reset") == 0 && src->vals[i] != NULL)
 			src->start_at_end = (strcmp(src->vals[i], "latest") == 0 ||
 								 strcmp(src->vals[i], "largest") == 0 ||
 								 strcmp(src->vals[i], "end") == 0);
@@ -144,7 +161,8 @@ load_offsets_tx(void *arg)
 	uint64		r;
 	int			i;
 
-	if (SPI_execute_with_args("SELECT partition, next_offset FROM iotpipe.kafka_offsets WHERE topic = $1",
+	if (SPI_execute_with_args("SELECT partition, next_offset FROM iotpipe.kafka_offsets "
+							  "WHERE topic OPERATOR(pg_catalog.=) $1",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.kafka_offsets");
 	for (r = 0; r < SPI_processed; r++)
@@ -318,7 +336,8 @@ commit_batch_tx(void *arg)
 							  "  FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($4)) AS t(p, nxt) "
 							  "ON CONFLICT (topic, partition) DO UPDATE "
 							  "  SET next_offset = EXCLUDED.next_offset, updated_at = pg_catalog.now() "
-							  "  WHERE o.next_offset = ($3)[pg_catalog.array_position($2, o.partition)]",
+							  "  WHERE o.next_offset OPERATOR(pg_catalog.=) "
+							  "        ($3)[pg_catalog.array_position($2, o.partition)]",
 							  4, types, 0);
 	}
 	args[0] = CStringGetTextDatum(ba->topic);

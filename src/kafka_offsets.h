@@ -25,7 +25,8 @@ typedef struct IotKafkaSource
 	char	   *group_id;
 	int			nopts;			/* options: librdkafka properties */
 	char	  **keys;
-	char	  **vals;
+	char	  **vals;			/* NULL where the value comes from a file */
+	char	  **files;			/* secret file of the option, or NULL */
 	bool		start_at_end;	/* partitions without a stored offset */
 } IotKafkaSource;
 

@@ -52,28 +52,33 @@ CREATE VIEW iotpipe.kafka_lag AS
       FULL JOIN iotpipe.kafka_watermarks w USING (topic, partition);
 COMMENT ON VIEW iotpipe.kafka_lag IS 'per partition: messages in Kafka not yet in iotpipe.readings (high watermark minus next offset)';
 
--- Checks librdkafka properties without building a client (C, kafka_common.c).
-CREATE FUNCTION iotpipe._kafka_check_options(keys text[], vals text[]) RETURNS void
-    AS 'MODULE_PATHNAME', 'iotpipe_kafka_check_options' LANGUAGE C STRICT;
+-- Checks librdkafka properties against the allowlist and with librdkafka,
+-- without building a client (C, kafka_common.c).  vals[i] is NULL where the
+-- value comes from the secret file files[i] (read, checked and dropped).
+CREATE FUNCTION iotpipe._kafka_check_options(keys text[], vals text[], files text[]) RETURNS void
+    AS 'MODULE_PATHNAME', 'iotpipe_kafka_check_options_files' LANGUAGE C STRICT
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION iotpipe.kafka_start(brokers text, topic text, group_id text DEFAULT 'iotpipe',
                                     workers int DEFAULT 1, options jsonb DEFAULT '{}')
-    RETURNS void LANGUAGE plpgsql AS
+    RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
-    bad  text;
-    keys text[];
-    vals text[];
+    bad   text;
+    keys  text[];
+    vals  text[];
+    files text[];
 BEGIN
     PERFORM iotpipe._require_worker_database();
-    IF brokers IS NULL OR btrim(brokers) = '' THEN
+    IF brokers IS NULL OR pg_catalog.btrim(brokers) = '' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'kafka brokers must not be empty',
             HINT = 'Pass a bootstrap list such as ''host1:9092,host2:9092''.';
     END IF;
     IF topic IS NULL OR topic !~ '^[A-Za-z0-9._-]{1,249}$' OR topic IN ('.', '..') THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid kafka topic name: %s', coalesce(quote_literal(topic), 'NULL')),
+            MESSAGE = pg_catalog.format('invalid kafka topic name: %s',
+                                        coalesce(pg_catalog.quote_literal(topic), 'NULL')),
             HINT = 'Topic names are 1 to 249 characters from A-Z, a-z, 0-9, ".", "_" and "-".';
     END IF;
     IF group_id IS NULL OR group_id = '' THEN
@@ -82,27 +87,36 @@ BEGIN
     END IF;
     IF workers IS NULL OR workers < 1 OR workers > 64 THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('invalid number of kafka workers: %s', workers),
+            MESSAGE = pg_catalog.format('invalid number of kafka workers: %s', workers),
             HINT = 'Use between 1 and 64 workers; more workers than partitions stay idle.';
     END IF;
     options := coalesce(options, '{}');
-    IF jsonb_typeof(options) <> 'object' THEN
+    IF pg_catalog.jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'kafka options must be a JSON object',
             HINT = 'Pass librdkafka properties, e.g. ''{"security.protocol": "SASL_SSL"}''.';
     END IF;
-    -- never echo option values: they may be secrets
-    SELECT min(e.key) INTO bad FROM jsonb_each(options) e
-     WHERE jsonb_typeof(e.value) NOT IN ('string', 'number', 'boolean');
+    -- never echo option values: they may be secrets.  A value is a scalar or
+    -- {"file": name}: a secret the workers read from iotpipe.secrets_dir.
+    SELECT pg_catalog.min(e.key) INTO bad FROM pg_catalog.jsonb_each(options) e
+     WHERE pg_catalog.jsonb_typeof(e.value) NOT IN ('string', 'number', 'boolean')
+       AND NOT (pg_catalog.jsonb_typeof(e.value) = 'object'
+                AND (SELECT pg_catalog.count(*) FROM pg_catalog.jsonb_object_keys(e.value)) = 1
+                AND pg_catalog.jsonb_typeof(e.value -> 'file'::text) = 'string');
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = format('kafka option "%s" must be a string, number or boolean', bad);
+            MESSAGE = pg_catalog.format('kafka option "%s" must be a string, number, boolean or {"file": name}', bad);
     END IF;
-    SELECT coalesce(array_agg(e.key ORDER BY e.key), '{}'),
-           coalesce(array_agg(e.value #>> '{}' ORDER BY e.key), '{}')
-      INTO keys, vals
-      FROM jsonb_each(options) e;
-    PERFORM iotpipe._kafka_check_options(keys, vals);
+    SELECT coalesce(pg_catalog.array_agg(e.key ORDER BY e.key), '{}'),
+           coalesce(pg_catalog.array_agg(
+               CASE WHEN pg_catalog.jsonb_typeof(e.value) <> 'object'
+                    THEN e.value #>> '{}'::text[] END ORDER BY e.key), '{}'),
+           coalesce(pg_catalog.array_agg(
+               CASE WHEN pg_catalog.jsonb_typeof(e.value) = 'object'
+                    THEN e.value ->> 'file'::text END ORDER BY e.key), '{}')
+      INTO keys, vals, files
+      FROM pg_catalog.jsonb_each(options) e;
+    PERFORM iotpipe._kafka_check_options(keys, vals, files);
 
     INSERT INTO iotpipe.kafka_sources AS s (topic, brokers, group_id, workers, options, enabled)
     VALUES (kafka_start.topic, kafka_start.brokers, kafka_start.group_id, kafka_start.workers,
@@ -110,23 +124,25 @@ BEGIN
     ON CONFLICT ON CONSTRAINT kafka_sources_topic_key DO UPDATE
        SET brokers = EXCLUDED.brokers, group_id = EXCLUDED.group_id, workers = EXCLUDED.workers,
            options = EXCLUDED.options, enabled = true, generation = s.generation + 1,
-           updated_at = now();
+           updated_at = pg_catalog.now();
     PERFORM iotpipe._wake_launcher();
 END
 $$;
 COMMENT ON FUNCTION iotpipe.kafka_start(text, text, text, int, jsonb) IS
     'declare (or update and restart) a Kafka source: its workers consume the topic now and after every server restart, resuming at iotpipe.kafka_offsets';
 
-CREATE FUNCTION iotpipe.kafka_stop(topic text) RETURNS void LANGUAGE plpgsql AS
+CREATE FUNCTION iotpipe.kafka_stop(topic text) RETURNS void LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     PERFORM iotpipe._require_worker_database();
     UPDATE iotpipe.kafka_sources s
-       SET enabled = false, generation = s.generation + 1, updated_at = now()
+       SET enabled = false, generation = s.generation + 1, updated_at = pg_catalog.now()
      WHERE s.topic = kafka_stop.topic;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_object',
-            MESSAGE = format('no kafka source for topic %s', coalesce(quote_literal(topic), 'NULL')),
+            MESSAGE = pg_catalog.format('no kafka source for topic %s',
+                                        coalesce(pg_catalog.quote_literal(topic), 'NULL')),
             HINT = 'See iotpipe.kafka_sources for the declared sources.';
     END IF;
     PERFORM iotpipe._wake_launcher();
@@ -147,10 +163,10 @@ GRANT SELECT, UPDATE, DELETE ON iotpipe.kafka_offsets TO iotpipe_admin;
 REVOKE EXECUTE ON FUNCTION
     iotpipe.kafka_start(text, text, text, int, jsonb),
     iotpipe.kafka_stop(text),
-    iotpipe._kafka_check_options(text[], text[])
+    iotpipe._kafka_check_options(text[], text[], text[])
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.kafka_start(text, text, text, int, jsonb),
     iotpipe.kafka_stop(text),
-    iotpipe._kafka_check_options(text[], text[])
+    iotpipe._kafka_check_options(text[], text[], text[])
     TO iotpipe_admin;
