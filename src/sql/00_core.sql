@@ -179,7 +179,8 @@ CREATE FUNCTION iotpipe.simulator_stop() RETURNS void LANGUAGE plpgsql AS
 $$
 BEGIN
     PERFORM iotpipe._require_worker_database();
-    UPDATE iotpipe.simulator SET enabled = false, generation = generation + 1, updated_at = now();
+    -- the generation stays: the worker's last batch still commits its position
+    UPDATE iotpipe.simulator SET enabled = false, updated_at = now();
     PERFORM iotpipe._wake_launcher();
 END
 $$;
