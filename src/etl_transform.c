@@ -107,7 +107,7 @@ etl_fcmp(double a, double b)
  * stays in fact_reading, flagged as an outlier, and is left out of the
  * hourly statistics, so that no sum or square can overflow (the daily
  * roll-up squares the hourly means in SQL) and one absurd row cannot make
- * a run fail or an hour's statistics meaningless.  docs/warehouse.md.
+ * a run fail or an hour's statistics meaningless.  README.md, "Value bounds".
  */
 static inline bool
 etl_implausible(double x, bool temperature)
