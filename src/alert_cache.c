@@ -387,8 +387,6 @@ load_rules(void)
 		r->rate_tau_us = getf8(tup, desc, 14, &isnull) * USECS_PER_SEC;
 		r->sig = iotpipe_alert_rule_sig(r, window_size);
 		nrules++;
-		if (nrules >= PG_INT16_MAX)
-			break;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	rs->nrules = nrules;
@@ -556,7 +554,16 @@ build_states(SensorState *se)
 				i,
 				j;
 
-	states = MemoryContextAlloc(engine_cxt, sizeof(RuleState) * Max(rs->nrules, 1));
+	bool	   *used;
+	int			nf = 0;
+
+	/* state for the rules in the sensor's scope only, features likewise */
+	for (i = 0; i < rs->nrules; i++)
+		if (rule_in_scope(&rs->rules[i], se->sensor_id, se->location))
+			n++;
+	states = MemoryContextAlloc(engine_cxt, sizeof(RuleState) * Max(n, 1));
+	used = palloc0(sizeof(bool) * Max(rs->nfeatures, 1));
+	n = 0;
 	for (i = 0; i < rs->nrules; i++)
 	{
 		AlertRule  *r = &rs->rules[i];
@@ -564,6 +571,11 @@ build_states(SensorState *se)
 
 		if (!rule_in_scope(r, se->sensor_id, se->location))
 			continue;
+		if (r->feature >= 0 && !used[r->feature])
+		{
+			used[r->feature] = true;
+			nf++;
+		}
 		for (j = 0; j < nold; j++)
 			if (old[j].rule_id == r->rule_id && old[j].sig == (uint8) r->sig)
 				break;
@@ -576,18 +588,27 @@ build_states(SensorState *se)
 			init_state(st, r, i);
 		n++;
 	}
-	/* all features (cheap): a sensor moving in scope keeps its statistics */
-	feats = MemoryContextAllocZero(engine_cxt, sizeof(FeatState) * Max(rs->nfeatures, 1));
+	/* the statistics of a feature the sensor still needs are kept */
+	feats = MemoryContextAllocZero(engine_cxt, sizeof(FeatState) * Max(nf, 1));
+	if (se->featidx)
+		pfree(se->featidx);
+	se->featidx = MemoryContextAlloc(engine_cxt, sizeof(int32) * Max(nf, 1));
+	nf = 0;
 	for (i = 0; i < rs->nfeatures; i++)
 	{
+		if (!used[i])
+			continue;
 		for (j = 0; j < noldf; j++)
 			if (memcmp(&oldf[j].def, &rs->features[i], sizeof(Feature)) == 0)
 				break;
 		if (j < noldf)
-			feats[i] = oldf[j];
+			feats[nf] = oldf[j];
 		else
-			feats[i].def = rs->features[i];
+			feats[nf].def = rs->features[i];
+		se->featidx[nf] = i;
+		nf++;
 	}
+	pfree(used);
 	if (old)
 		pfree(old);
 	if (oldf)
@@ -596,7 +617,7 @@ build_states(SensorState *se)
 		pfree(se->ridx);
 	if (se->active)
 		pfree(se->active);
-	se->ridx = MemoryContextAlloc(engine_cxt, sizeof(int16) * Max(n, 1));
+	se->ridx = MemoryContextAlloc(engine_cxt, sizeof(int32) * Max(n, 1));
 	se->active = MemoryContextAllocZero(engine_cxt, sizeof(uint64) * ((n + 63) / 64 + 1));
 	for (i = 0; i < n; i++)
 	{
@@ -607,7 +628,7 @@ build_states(SensorState *se)
 	se->states = states;
 	se->nstates = n;
 	se->feats = feats;
-	se->nfeats = rs->nfeatures;
+	se->nfeats = nf;
 	se->rules_gen = iotpipe_alert_rules_gen;
 	se->firing_gen = 0;			/* resync below */
 }
@@ -649,6 +670,7 @@ iotpipe_alert_sensor(const IotReading *rd)
 		se->ridx = NULL;
 		se->active = NULL;
 		se->feats = NULL;
+		se->featidx = NULL;
 		se->nfeats = 0;
 		se->last_ts[0] = se->last_ts[1] = se->last_ts[2] = DT_NOBEGIN;
 		se->rules_gen = 0;

@@ -88,11 +88,20 @@ update_features(const AlertRuleSet *rs, SensorState *se, RuleMetric metric, doub
 {
 	double	   *feat_value = rs->feat_value;
 	bool	   *feat_ok = rs->feat_ok;
-	int			f;
+	int			k;
 
-	for (f = 0; f < se->nfeats; f++)
+	/*
+	 * Ingest accepts only bounded values (jsonmsg.h), with which nothing
+	 * below can overflow.  Should anything else get here, it is not
+	 * evaluated, and a statistic that stopped being finite starts over
+	 * rather than staying infinite (or NaN) forever.
+	 */
+	if (!isfinite(x))
+		return;
+	for (k = 0; k < se->nfeats; k++)
 	{
-		FeatState  *fs = &se->feats[f];
+		FeatState  *fs = &se->feats[k];
+		int			f = se->featidx[k];
 
 		if (fs->def.metric != metric)
 			continue;
@@ -124,6 +133,11 @@ update_features(const AlertRuleSet *rs, SensorState *se, RuleMetric metric, doub
 
 						fs->mean += a * (raw - fs->mean);
 					}
+					if (!isfinite(fs->mean))
+					{
+						fs->mean = 0;
+						break;
+					}
 					feat_value[f] = fs->mean;
 					feat_ok[f] = true;
 					break;
@@ -153,6 +167,16 @@ update_features(const AlertRuleSet *rs, SensorState *se, RuleMetric metric, doub
 						fs->mean += incr;
 						fs->var = (1.0 - alpha) * (fs->var + diff * incr);
 					}
+					if (!isfinite(fs->mean) || !isfinite(fs->var))
+					{
+						/* poisoned: start over from this value */
+						fs->mean = x;
+						fs->var = 0;
+						fs->n = 0;
+						feat_ok[f] = false;
+					}
+					else if (!isfinite(feat_value[f]))
+						feat_ok[f] = false;
 					if (fs->n < PG_INT32_MAX)
 						fs->n++;
 					break;
@@ -209,7 +233,8 @@ iotpipe_alert_evaluate(const AlertRuleSet *rs, SensorState *se, const IotReading
 	mval[RM_NONE] = 0;
 	mval[RM_TEMPERATURE] = rd->temperature;
 	mval[RM_HUMIDITY] = rd->humidity;
-	memset(rs->feat_ok, 0, sizeof(bool) * se->nfeats);
+	for (i = 0; i < se->nfeats; i++)
+		rs->feat_ok[se->featidx[i]] = false;
 	if (mok[RM_TEMPERATURE])
 	{
 		se->last_ts[RM_TEMPERATURE] = rd->ts;

@@ -96,7 +96,7 @@ typedef struct RuleState
 {
 	TimestampTz pending_since;	/* start of the breach streak; DT_NOBEGIN = none */
 	int32		rule_id;
-	int16		rule_idx;		/* into rules[] of the current generation */
+	int32		rule_idx;		/* into rules[] of the current generation */
 	bool		firing;
 	bool		queued;			/* has events in the write queue */
 	uint8		sig;			/* low bits of the rule's sig */
@@ -112,10 +112,11 @@ typedef struct SensorState
 	TimestampTz last_ts[3];		/* per metric: newest reading evaluated */
 	int			nstates;
 	RuleState  *states;			/* the rules in scope, in rules[] order */
-	int16	   *ridx;			/* their rules[] index: the hot loop reads only this */
+	int32	   *ridx;			/* their rules[] index: the hot loop reads only this */
 	uint64	   *active;			/* bit per state: firing, pending or queued */
 	int			nfeats;
-	FeatState  *feats;
+	FeatState  *feats;			/* the features of the rules in scope only */
+	int32	   *featidx;		/* their index into the rule set's features[] */
 } SensorState;
 
 /* the enabled rules of one load and the features they need */

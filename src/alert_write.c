@@ -25,6 +25,8 @@
 #include "iotpipe.h"
 #include "alert_cache.h"
 #include "alert_write.h"
+#include "guc.h"
+#include "shmem.h"
 #include "spiutil.h"
 
 #include <math.h>
@@ -33,6 +35,7 @@
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
@@ -58,7 +61,7 @@ typedef struct AlertEvent
 	bool		reading_null;
 	bool		silenced;
 	bool		done;			/* written: notify */
-	int16		rule_idx;
+	int32		rule_idx;
 	int16		round;
 	int32		fire_ref;		/* resolve of a queued fire: its event, else -1 */
 	SensorState *se;
@@ -152,25 +155,180 @@ typedef struct PayloadArgs
 	TimestampTz started_at;
 } PayloadArgs;
 
-static void
-build_payload(StringInfo buf, const PayloadArgs *p)
+/*
+ * The payload is kept under IOTPIPE_PAYLOAD_MAX bytes, whatever the rule name
+ * or the location (PostgreSQL refuses a NOTIFY payload of BLCKSZ -
+ * NAMEDATALEN - 128 = 8000 bytes or more, and the refusal would fail the
+ * whole ingest transaction).  A payload that would be longer is built again
+ * with each string field cut, at a character boundary, to a budget of
+ * escaped bytes, and gets "truncated": true.  The budgets add up to well
+ * under the limit, escapes (\u00XX) included.  docs/alerts.md.
+ */
+#define IOTPIPE_PAYLOAD_MAX		7000
+#define TRUNC_RULE_BYTES		1024
+#define TRUNC_LOCATION_BYTES	2048
+#define TRUNC_SENSOR_BYTES		512
+#define TRUNC_WORD_BYTES		64	/* kind, state, severity, metric, op */
+
+StaticAssertDecl(IOTPIPE_PAYLOAD_MAX < BLCKSZ - NAMEDATALEN - 128,
+				 "NOTIFY payload budget exceeds PostgreSQL's limit");
+StaticAssertDecl(TRUNC_RULE_BYTES + TRUNC_LOCATION_BYTES + TRUNC_SENSOR_BYTES +
+				 5 * TRUNC_WORD_BYTES + 1024 < IOTPIPE_PAYLOAD_MAX,
+				 "truncated NOTIFY payload may exceed its budget");
+
+/* a string field, its escaped text cut to maxbytes (quotes included); true if cut */
+static bool
+json_str_cut(StringInfo buf, const char *key, const char *val, int maxbytes)
 {
+	StringInfoData tmp;
+	const char *p;
+	int			used = 2;
+	bool		cut = false;
+
+	if (val == NULL || maxbytes <= 0)
+	{
+		json_str(buf, key, val);
+		return false;
+	}
+	json_key(buf, key, false);
+	initStringInfo(&tmp);
+	escape_json(&tmp, val);
+	if (tmp.len <= maxbytes)
+	{
+		appendBinaryStringInfo(buf, tmp.data, tmp.len);
+		pfree(tmp.data);
+		return false;
+	}
+	appendStringInfoChar(buf, '"');
+	for (p = val; *p;)
+	{
+		char		ch[MAX_MULTIBYTE_CHAR_LEN + 1];
+		int			l = pg_mblen(p);
+		int			inner;
+
+		l = Min(l, (int) strnlen(p, MAX_MULTIBYTE_CHAR_LEN));
+		memcpy(ch, p, l);
+		ch[l] = '\0';
+		resetStringInfo(&tmp);
+		escape_json(&tmp, ch);
+		inner = tmp.len - 2;	/* without its quotes */
+		if (used + inner > maxbytes)
+		{
+			cut = true;
+			break;
+		}
+		appendBinaryStringInfo(buf, tmp.data + 1, inner);
+		used += inner;
+		p += l;
+	}
+	appendStringInfoChar(buf, '"');
+	pfree(tmp.data);
+	return cut;
+}
+
+/* cut = false: the whole strings; true: each within its budget */
+static bool
+build_payload_cut(StringInfo buf, const PayloadArgs *p, bool cut)
+{
+	bool		truncated = false;
+	int			word = cut ? TRUNC_WORD_BYTES : 0;
+
 	appendStringInfo(buf, "{\"alert_id\":" INT64_FORMAT, p->alert_id);
 	appendStringInfo(buf, ",\"rule_id\":%d", p->rule_id);
-	json_str(buf, "rule", p->rule);
-	json_str(buf, "kind", p->kind);
-	json_str(buf, "sensor_id", p->sensor_id);
-	json_str(buf, "location", p->location);
-	json_str(buf, "state", p->state);
-	json_str(buf, "severity", p->severity);
-	json_str(buf, "metric", p->metric);
-	json_str(buf, "op", p->op);
+	truncated |= json_str_cut(buf, "rule", p->rule, cut ? TRUNC_RULE_BYTES : 0);
+	truncated |= json_str_cut(buf, "kind", p->kind, word);
+	truncated |= json_str_cut(buf, "sensor_id", p->sensor_id, cut ? TRUNC_SENSOR_BYTES : 0);
+	truncated |= json_str_cut(buf, "location", p->location, cut ? TRUNC_LOCATION_BYTES : 0);
+	truncated |= json_str_cut(buf, "state", p->state, word);
+	truncated |= json_str_cut(buf, "severity", p->severity, word);
+	truncated |= json_str_cut(buf, "metric", p->metric, word);
+	truncated |= json_str_cut(buf, "op", p->op, word);
 	json_num(buf, "value", p->value_null, p->value);
 	json_num(buf, "reading", p->reading_null, p->reading);
 	json_num(buf, "threshold", p->threshold_null, p->threshold);
 	json_ts(buf, "ts", p->ts_null, p->ts);
 	json_ts(buf, "started_at", p->started_null, p->started_at);
+	if (truncated)
+		appendStringInfoString(buf, ",\"truncated\":true");
 	appendStringInfoChar(buf, '}');
+	return truncated;
+}
+
+static void
+build_payload(StringInfo buf, const PayloadArgs *p)
+{
+	build_payload_cut(buf, p, false);
+	if (buf->len < IOTPIPE_PAYLOAD_MAX)
+		return;
+	resetStringInfo(buf);
+	build_payload_cut(buf, p, true);
+	Assert(buf->len < IOTPIPE_PAYLOAD_MAX);
+}
+
+/* ---------- the NOTIFY queue ---------- */
+
+/*
+ * A listener that stays idle in a transaction holds the queue's tail: the
+ * queue fills up (8 GB on PostgreSQL 15), and then every transaction that
+ * notifies fails at commit ("too many notifications in the NOTIFY queue"),
+ * the readings with it.  So before notifying, the fill fraction
+ * (pg_notification_queue_usage(), cheap: a shared lock) is compared with
+ * iotpipe.notify_queue_limit: at or above it the notifications are skipped,
+ * the alerts are still written (iotpipe.alerts is authoritative), and the
+ * skipped ones are counted, at commit, in iotpipe.status.notifies_skipped.
+ * 0 skips every notification (what the tests use to simulate a full queue).
+ */
+static uint64 skipped_pending = 0;
+
+static bool
+notify_queue_has_room(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+	double		usage;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	usage = DatumGetFloat8(pg_notification_queue_usage(fcinfo));
+	return usage < iotpipe_notify_queue_limit;
+}
+
+static void
+count_skipped_at_commit(void)
+{
+	IotWorkerSlot *slot;
+
+	if (skipped_pending == 0 || iotpipe_shared == NULL)
+	{
+		skipped_pending = 0;
+		return;
+	}
+	/* a worker counts its own; other sessions count on the launcher's row */
+	slot = iotpipe_slot(iotpipe_my_slot >= 0 ? iotpipe_my_slot : IOT_SLOT_LAUNCHER);
+	if (slot)
+		pg_atomic_fetch_add_u64(&slot->notifies_skipped, skipped_pending);
+	skipped_pending = 0;
+}
+
+static void
+register_callbacks(void);
+
+/* the SQL paths (offline timers, rule updates): notify unless the queue is full */
+PG_FUNCTION_INFO_V1(iotpipe_alert_notify);
+Datum
+iotpipe_alert_notify(PG_FUNCTION_ARGS)
+{
+	char	   *payload;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	register_callbacks();
+	if (!notify_queue_has_room())
+	{
+		skipped_pending++;
+		PG_RETURN_BOOL(false);
+	}
+	payload = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Async_Notify(ALERTS_CHANNEL, payload);
+	PG_RETURN_BOOL(true);
 }
 
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n)))
@@ -248,7 +406,12 @@ static void
 write_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
 		nevents = 0;
+		skipped_pending = 0;
+	}
+	else if (event == XACT_EVENT_COMMIT)
+		count_skipped_at_commit();
 }
 
 static void
@@ -259,8 +422,8 @@ write_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 		nevents = 0;
 }
 
-void
-iotpipe_alert_write_begin(void)
+static void
+register_callbacks(void)
 {
 	if (!callbacks_registered)
 	{
@@ -268,6 +431,12 @@ iotpipe_alert_write_begin(void)
 		RegisterSubXactCallback(write_subxact_callback, NULL);
 		callbacks_registered = true;
 	}
+}
+
+void
+iotpipe_alert_write_begin(void)
+{
+	register_callbacks();
 	nevents = 0;
 }
 
@@ -582,6 +751,7 @@ iotpipe_alert_flush(void)
 	int			i,
 				round,
 				maxround = 0;
+	bool		room = true;
 
 	if (nevents == 0)
 		return;
@@ -595,6 +765,13 @@ iotpipe_alert_flush(void)
 			if (events[i].fire && events[i].round == round && !events[i].done)
 				adopt(&events[i]);
 	}
+	for (i = 0; i < nevents; i++)
+		if (events[i].done && !events[i].silenced)
+		{
+			/* once per batch */
+			room = notify_queue_has_room();
+			break;
+		}
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
@@ -614,7 +791,9 @@ iotpipe_alert_flush(void)
 		}
 		else
 			iotpipe_alert_firing(r->rule_id, ev->se->sensor_id, HASH_REMOVE);
-		if (ev->done && !ev->silenced)
+		if (ev->done && !ev->silenced && !room)
+			skipped_pending++;
+		else if (ev->done && !ev->silenced)
 			notify(r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
 				   ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
 				   ev->reading, ev->ts, ev->started_at);

@@ -21,6 +21,7 @@
  */
 #include "iotpipe.h"
 #include "etl_transform.h"
+#include "jsonmsg.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -97,6 +98,25 @@ etl_fcmp(double a, double b)
 	if (unlikely(isnan(a) || isnan(b)))
 		return isnan(a) ? (isnan(b) ? 0 : 1) : -1;
 	return (a > b) - (a < b);
+}
+
+/*
+ * A value no sensor can report: not finite, or outside the bounds ingest
+ * enforces (jsonmsg.h).  Ingest never accepts one, but iotpipe.readings
+ * takes whatever a DBA inserts by hand (1e300, NaN, Infinity): such a value
+ * stays in fact_reading, flagged as an outlier, and is left out of the
+ * hourly statistics, so that no sum or square can overflow (the daily
+ * roll-up squares the hourly means in SQL) and one absurd row cannot make
+ * a run fail or an hour's statistics meaningless.  README.md, "Value bounds".
+ */
+static inline bool
+etl_implausible(double x, bool temperature)
+{
+	if (!isfinite(x))
+		return true;
+	if (temperature)
+		return x < IOTPIPE_TEMPERATURE_MIN || x > IOTPIPE_TEMPERATURE_MAX;
+	return x < IOTPIPE_HUMIDITY_MIN || x > IOTPIPE_HUMIDITY_MAX;
 }
 
 /* one value of a measure into an hour: min, max and the accumulator */
@@ -222,9 +242,9 @@ etl_transform_segment(EtlSegment *seg, const EtlRow *rows, int64 lo, int64 hi)
 		{
 			const EtlRow *r = &rows[f[k].row];
 
-			if (!(r->flags & ROW_TEMP_NULL))
+			if (!(r->flags & ROW_TEMP_NULL) && !etl_implausible(r->temp, true))
 				etl_measure(hr->t, &hr->tmin, &hr->tmax, r->temp);
-			if (!(r->flags & ROW_HUM_NULL))
+			if (!(r->flags & ROW_HUM_NULL) && !etl_implausible(r->hum, false))
 				etl_measure(hr->h, &hr->hmin, &hr->hmax, r->hum);
 		}
 	}
@@ -262,8 +282,10 @@ etl_transform_segment(EtlSegment *seg, const EtlRow *rows, int64 lo, int64 hi)
 
 		if (!hr->out)
 			continue;
-		cur->outlier = (!(r->flags & ROW_TEMP_NULL) && etl_outlier(r->temp, hr->t3)) ||
-			(!(r->flags & ROW_HUM_NULL) && etl_outlier(r->hum, hr->h3));
+		cur->outlier = (!(r->flags & ROW_TEMP_NULL) &&
+						(etl_implausible(r->temp, true) || etl_outlier(r->temp, hr->t3))) ||
+			(!(r->flags & ROW_HUM_NULL) &&
+			 (etl_implausible(r->hum, false) || etl_outlier(r->hum, hr->h3)));
 		if (k >= 4 && rows[f[k - 4].row].ts >= r->ts - USECS_PER_HOUR)
 		{
 			cur->stuck = true;

@@ -25,6 +25,7 @@ int			iotpipe_launcher_naptime_ms = 500;
 int			iotpipe_kafka_poll_ms = 100;
 int			iotpipe_kafka_max_message_bytes = IOTPIPE_MAX_MESSAGE;
 char	   *iotpipe_secrets_dir = NULL;
+double		iotpipe_notify_queue_limit = 0.5;
 
 void
 iotpipe_guc_init(bool preloading)
@@ -139,6 +140,14 @@ iotpipe_guc_init(bool preloading)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+	DefineCustomRealVariable("iotpipe.notify_queue_limit",
+							 "Alert notifications are skipped while the NOTIFY queue is at least this full.",
+							 "A fraction of the queue, as pg_notification_queue_usage() reports it; the alerts are still written and the skipped notifications counted in iotpipe.status. 0 skips every notification.",
+							 &iotpipe_notify_queue_limit,
+							 0.5, 0.0, 1.0,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("iotpipe");
 }

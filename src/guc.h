@@ -22,6 +22,7 @@ extern int	iotpipe_launcher_naptime_ms;
 extern int	iotpipe_kafka_poll_ms;
 extern int	iotpipe_kafka_max_message_bytes;
 extern char *iotpipe_secrets_dir;
+extern double iotpipe_notify_queue_limit;
 extern void iotpipe_guc_init(bool preloading);
 
 #endif							/* IOTPIPE_GUC_H */

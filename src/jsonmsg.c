@@ -857,9 +857,12 @@ iotpipe_parse_message(const char *data, size_t len, IotReading *out,
 		return ts_err;
 	if (!out->has_temperature && !out->has_humidity)
 		return "no temperature or humidity";
-	if (out->has_temperature && out->temperature < -273.15)
+	if (out->has_temperature && out->temperature < IOTPIPE_TEMPERATURE_MIN)
 		return "temperature below absolute zero";
-	if (out->has_humidity && (out->humidity < 0 || out->humidity > 100))
+	if (out->has_temperature && out->temperature > IOTPIPE_TEMPERATURE_MAX)
+		return "temperature above 10000 degrees C: no sensor reports that";
+	if (out->has_humidity && (out->humidity < IOTPIPE_HUMIDITY_MIN ||
+							  out->humidity > IOTPIPE_HUMIDITY_MAX))
 		return "humidity outside 0-100";
 	/* 2000-01-01 00:00:00+00 is the PostgreSQL epoch, i.e. 0 */
 	if (out->ts < 0)

@@ -76,6 +76,7 @@ iotpipe_shmem_startup(void)
 			pg_atomic_init_u64(&slot->rows, 0);
 			pg_atomic_init_u64(&slot->rejected, 0);
 			pg_atomic_init_u64(&slot->batches, 0);
+			pg_atomic_init_u64(&slot->notifies_skipped, 0);
 		}
 	}
 	LWLockRelease(AddinShmemInitLock);

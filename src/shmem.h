@@ -57,6 +57,8 @@ typedef struct IotWorkerSlot
 	pg_atomic_uint64 rows;
 	pg_atomic_uint64 rejected;
 	pg_atomic_uint64 batches;
+	/* alert notifications skipped, NOTIFY queue too full (alert_write.c) */
+	pg_atomic_uint64 notifies_skipped;
 } IotWorkerSlot;
 
 typedef struct IotShared

@@ -203,8 +203,8 @@ iotpipe_worker_status(PG_FUNCTION_ARGS)
 	{
 		IotWorkerSlot *slot = &iotpipe_shared->slots[i];
 		IotWorkerSlot copy;
-		Datum		values[15];
-		bool		nulls[15] = {0};
+		Datum		values[16];
+		bool		nulls[16] = {0};
 		const char *kind;
 
 		LWLockAcquire(iotpipe_shared->lock, LW_SHARED);
@@ -247,6 +247,8 @@ iotpipe_worker_status(PG_FUNCTION_ARGS)
 			values[14] = CStringGetTextDatum(copy.detail);
 		else
 			nulls[14] = true;
+		/* 0.1.0's SQL declares 15 columns: the library may be newer */
+		values[15] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->notifies_skipped));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

@@ -203,13 +203,14 @@ CREATE FUNCTION iotpipe.worker_status(
     OUT worker text, OUT kind text, OUT pid int, OUT state text, OUT started_at timestamptz,
     OUT messages bigint, OUT rows bigint, OUT rejected bigint, OUT batches bigint,
     OUT rate float8, OUT last_error text, OUT last_error_at timestamptz,
-    OUT last_activity timestamptz, OUT restarts int, OUT detail text)
+    OUT last_activity timestamptz, OUT restarts int, OUT detail text,
+    OUT notifies_skipped bigint)
     RETURNS SETOF record
     AS 'MODULE_PATHNAME', 'iotpipe_worker_status' LANGUAGE C;
 
 CREATE VIEW iotpipe.status AS
     SELECT worker, kind, pid, state, started_at, messages, rows, rejected, batches,
-           rate, last_error, last_error_at, last_activity, restarts, detail
+           rate, last_error, last_error_at, last_activity, restarts, detail, notifies_skipped
       FROM iotpipe.worker_status();
 COMMENT ON VIEW iotpipe.status IS 'one row per iotpipe worker, from shared memory';
 

@@ -45,7 +45,12 @@ CREATE TABLE iotpipe.alert_rules (
         CHECK (clear_threshold IS NULL OR threshold IS NULL
                OR (kind = 'anomaly' AND clear_threshold <= threshold)
                OR (op = '>' AND clear_threshold <= threshold)
-               OR (op = '<' AND clear_threshold >= threshold))
+               OR (op = '<' AND clear_threshold >= threshold)),
+    -- bounds (README.md, "Alert rules"): a name fits a notification, a
+    -- duration the engine's microsecond clock and the offline timer
+    CONSTRAINT alert_rules_name_length_check CHECK (char_length(name) BETWEEN 1 AND 128),
+    CONSTRAINT alert_rules_for_duration_max_check CHECK (for_duration <= '366 days'),
+    CONSTRAINT alert_rules_rate_window_max_check CHECK (rate_window <= '1 day')
 );
 COMMENT ON TABLE iotpipe.alert_rules IS 'alert rules evaluated on every reading as it lands (docs/alerts.md)';
 
@@ -125,6 +130,12 @@ CREATE FUNCTION iotpipe._alert_payload(alert_id bigint, rule_id int, rule text, 
     RETURNS text
     AS 'MODULE_PATHNAME', 'iotpipe_alert_payload' LANGUAGE C IMMUTABLE;
 
+-- NOTIFY iotpipe_alerts unless the queue is at least iotpipe.notify_queue_limit
+-- full (then the notification is counted in iotpipe.status.notifies_skipped);
+-- true when it was sent.  The engine does the same in C.
+CREATE FUNCTION iotpipe._alert_notify(payload text) RETURNS bool
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_notify' LANGUAGE C STRICT;
+
 CREATE FUNCTION iotpipe._silenced(p_rule_id int, p_sensor_id text, p_location text,
                                   p_at timestamptz DEFAULT now())
     RETURNS bool LANGUAGE sql STABLE AS
@@ -152,7 +163,7 @@ BEGIN
          RETURNING al.*
         LOOP
             IF NOT iotpipe._silenced(a.rule_id, a.sensor_id, a.location) THEN
-                PERFORM pg_notify('iotpipe_alerts',
+                PERFORM iotpipe._alert_notify(
                     iotpipe._alert_payload(a.alert_id, a.rule_id, NEW.name, NEW.kind, a.sensor_id,
                                            a.location, 'resolved', a.severity, a.metric, NEW.op,
                                            NULL, NULL, a.threshold, now(), a.started_at));
@@ -164,6 +175,31 @@ END
 $$;
 CREATE TRIGGER alert_rules_update BEFORE UPDATE ON iotpipe.alert_rules
     FOR EACH ROW EXECUTE FUNCTION iotpipe._alert_rules_update();
+
+-- At most 10,000 enabled rules (README.md, "Alert rules"): every reading is
+-- evaluated against the rules in its sensor's scope, in the ingest
+-- transaction.  Checked after each statement that adds or enables rules,
+-- serialized by a transaction lock so that concurrent statements cannot
+-- both slip under the limit.
+CREATE FUNCTION iotpipe._alert_rules_limit() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('iotpipe.alert_rules_limit'));
+    SELECT count(*) INTO n FROM iotpipe.alert_rules WHERE enabled;
+    IF n > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
+            MESSAGE = format('too many enabled alert rules: %s', n),
+            DETAIL = 'At most 10000 alert rules can be enabled at a time.',
+            HINT = 'Disable or delete rules that are no longer needed, or widen the scope of a rule instead of repeating it per sensor.';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER alert_rules_limit AFTER INSERT OR UPDATE OF enabled ON iotpipe.alert_rules
+    FOR EACH STATEMENT EXECUTE FUNCTION iotpipe._alert_rules_limit();
 
 ------------------------------------------------------------------------------
 -- Timers: offline detection and the end of silences.  The launcher calls
@@ -210,7 +246,7 @@ BEGIN
     LOOP
         n := n + 1;
         IF NOT a.silenced THEN
-            PERFORM pg_notify('iotpipe_alerts',
+            PERFORM iotpipe._alert_notify(
                 iotpipe._alert_payload(a.alert_id, a.rule_id, a.name, 'offline', a.sensor_id,
                                        a.location, 'firing', a.severity, NULL, NULL, a.value,
                                        NULL, a.threshold, at, a.started_at));
@@ -226,7 +262,7 @@ BEGIN
         RETURNING al.*, r.name, r.kind, r.op
     LOOP
         n := n + 1;
-        PERFORM pg_notify('iotpipe_alerts',
+        PERFORM iotpipe._alert_notify(
             iotpipe._alert_payload(a.alert_id, a.rule_id, a.name, a.kind, a.sensor_id,
                                    a.location, 'firing', a.severity, a.metric, a.op, a.value,
                                    a.reading, a.threshold, at, a.started_at));
@@ -286,7 +322,9 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe._alert_timers(timestamptz),
     iotpipe._alert_payload(bigint, int, text, text, text, text, text, text, text, text,
                            float8, float8, float8, timestamptz, timestamptz),
-    iotpipe._silenced(int, text, text, timestamptz)
+    iotpipe._silenced(int, text, text, timestamptz),
+    iotpipe._alert_notify(text),
+    iotpipe._alert_rules_limit()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION iotpipe.ack_alert(bigint, text) TO iotpipe_operator, iotpipe_admin;
 GRANT EXECUTE ON FUNCTION iotpipe._alert_timers(timestamptz) TO iotpipe_admin;
@@ -294,7 +332,9 @@ GRANT EXECUTE ON FUNCTION iotpipe._alert_timers(timestamptz) TO iotpipe_admin;
 GRANT EXECUTE ON FUNCTION
     iotpipe._alert_payload(bigint, int, text, text, text, text, text, text, text, text,
                            float8, float8, float8, timestamptz, timestamptz),
-    iotpipe._silenced(int, text, text, timestamptz)
+    iotpipe._silenced(int, text, text, timestamptz),
+    iotpipe._alert_notify(text),
+    iotpipe._alert_rules_limit()
     TO iotpipe_admin;
 
 -- A new install replaces whatever rules the engines had cached.
