@@ -144,6 +144,15 @@ iotpipe_worker_init(int slotno, IotWorkerKind kind)
 		pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
+
+	/*
+	 * Every worker resolves names through pg_catalog only (and its own temp
+	 * schema for relations): an operator or function planted in public, or
+	 * in any schema a role can write, is never reached by the workers' SPI
+	 * statements, nor by what they call.  A session setting, so that the SET
+	 * clauses of the functions the workers call still apply.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	worker_attach(slotno, kind);
 }
 
