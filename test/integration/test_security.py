@@ -315,9 +315,9 @@ def test_no_planted_function_or_operator_is_ever_called(hijacked):
             what="the simulator to run",
         )
         poll(
-            lambda: simulator_row(adm)[2] >= first[2] + 1000,
+            lambda: simulator_row(adm)[2] >= first[2] + 1500,
             30,
-            what="the simulator to ingest 1000 more messages",
+            what="the simulator to ingest 1500 more messages (3 s)",
         )
         adm.execute("SELECT iotpipe.simulator_stop()")
         poll(
