@@ -8,14 +8,16 @@ transaction rolls back).  Then admin and operator logins, with that
 search_path, run what they run day to day (ingest with alerts firing and
 resolving, rule changes, the alert timers, the ETL, retention, the simulator
 with its worker running, status reads, ack_alert), and not one plant may
-have been called.  A control call proves that the plants do capture an
+have been called.  The database's own search_path puts the hostile schemas
+first too, so that workers started meanwhile (the simulator) would use them
+unless they set their own.  A control call proves that the plants do capture an
 unqualified name.
 """
 
 import psycopg
 import pytest
 
-from conftest import conninfo, connect, poll
+from conftest import DB, conninfo, connect, poll
 
 PLANT_SCHEMAS = ("public", "iotpipe_hijack")
 CALLER_PATH = "iotpipe_hijack, public, pg_catalog"
@@ -199,8 +201,14 @@ def hijacked():
     spies = {}
     try:
         spies = plant(db)
+        # every new session, the simulator's worker included, starts with
+        # the hostile schemas first unless it sets its own search_path
+        db.execute(
+            f"ALTER DATABASE {DB} SET search_path = {CALLER_PATH.replace(', ', ',')}"
+        )
         yield db, spies
     finally:
+        db.execute(f"ALTER DATABASE {DB} RESET search_path")
         db.execute("SELECT iotpipe.simulator_stop()")
         unplant(db, spies)
         db.execute(
