@@ -187,7 +187,7 @@ MAX_ALERT_ID = "SELECT coalesce(max(alert_id), 0) FROM iotpipe.alerts"
 ACK_ALERT = "SELECT iotpipe.ack_alert(%(alert_id)s, %(acked_by)s)"
 # Fallback while iotpipe.ack_alert() does not exist (needs UPDATE on the two columns).
 ACK_ALERT_FALLBACK = """
-UPDATE iotpipe.alerts SET acked_at = now(), acked_by = %(acked_by)s
+UPDATE iotpipe.alerts SET acked_at = now(), acked_by = coalesce(%(acked_by)s, session_user)
  WHERE alert_id = %(alert_id)s AND acked_at IS NULL
 """
 
@@ -303,8 +303,11 @@ def max_alert_id(conn) -> int:
     return int(query_one(conn, MAX_ALERT_ID)[0])
 
 
-def ack_alert(conn, alert_id: int, acked_by: str) -> str:
+def ack_alert(conn, alert_id: int, acked_by: str | None) -> str:
     """Acknowledge an alert through iotpipe.ack_alert(); returns which path was used.
+
+    acked_by None acknowledges as the login (session_user); another name takes
+    iotpipe_admin (ack_alert refuses it otherwise, insufficient_privilege).
 
     While the alert engine's ack_alert() is not installed, fall back to a direct UPDATE
     (works only for roles holding UPDATE on iotpipe.alerts)."""

@@ -287,7 +287,7 @@ def _ack(alert_id: int):
     """Button callback: acknowledge through iotpipe.ack_alert(), then refresh the feed."""
     ss = st.session_state
     try:
-        how = q.ack_alert(ui.conn(), alert_id, ss.get("ack_as") or "operator")
+        how = q.ack_alert(ui.conn(), alert_id, (ss.get("ack_as") or "").strip() or None)
         ss["_ack_msg"] = (f"Alert #{alert_id} acknowledged", None)
         if how == "update":
             ss["_ack_msg"] = (
