@@ -307,8 +307,10 @@ def max_alert_id(conn) -> int:
     return int(query_one(conn, MAX_ALERT_ID)[0])
 
 
-def ack_alert(conn, alert_id: int, acked_by: str) -> None:
-    """Acknowledge an alert through iotpipe.ack_alert()."""
+def ack_alert(conn, alert_id: int, acked_by: str | None) -> None:
+    """Acknowledge an alert through iotpipe.ack_alert(). acked_by None acknowledges as
+    the login (session_user); another name takes iotpipe_admin (ack_alert refuses it
+    otherwise, insufficient_privilege)."""
     conn.execute(ACK_ALERT, {"alert_id": int(alert_id), "acked_by": acked_by})
 
 

@@ -266,9 +266,10 @@ def sidebar():
         st.caption(f"Database: {md(db.mask_url(url))}")
         st.text_input(
             "Acknowledge as",
-            value="operator",
+            value="",
             key="ack_as",
-            help="Name stored in iotpipe.alerts.acked_by when you acknowledge an alert.",
+            help="Name stored in iotpipe.alerts.acked_by when you acknowledge an alert. "
+            "Empty: the database login you are connected as. Another name takes iotpipe_admin.",
         )
         st.number_input(
             "Sensor counts as online if seen within (s)",

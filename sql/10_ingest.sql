@@ -93,9 +93,10 @@ SELECT sensor_id, readings_total FROM iotpipe.sensors WHERE sensor_id LIKE 'b-%'
 
 -- readings go straight into their partitions unless the table has what only
 -- COPY handles: a trigger someone added still fires for every reading
+-- ingest_json runs with search_path pg_catalog, pg_temp: so does the trigger
 CREATE TABLE trig_seen (sensor_id text, ts timestamptz, ingest_xid xid8);
 CREATE FUNCTION trig_note() RETURNS trigger LANGUAGE plpgsql AS
-$$ BEGIN INSERT INTO trig_seen VALUES (NEW.sensor_id, NEW.ts, NEW.ingest_xid); RETURN NEW; END $$;
+$$ BEGIN INSERT INTO public.trig_seen VALUES (NEW.sensor_id, NEW.ts, NEW.ingest_xid); RETURN NEW; END $$;
 CREATE TRIGGER note AFTER INSERT ON iotpipe.readings FOR EACH ROW EXECUTE FUNCTION trig_note();
 SELECT * FROM iotpipe.ingest_json(ARRAY[
   '{"sensor_id":"trig-1","ts":"2026-11-27T12:00:00Z","temperature":20.5}',

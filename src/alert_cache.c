@@ -398,7 +398,7 @@ load_rules(void)
 	rs->nfeatures = iotpipe_alert_plan_features(rules, nrules, rs->features);
 
 	ret = SPI_execute("SELECT coalesce(rule_id, 0), sensor_id, location, starts_at, ends_at "
-					  "  FROM iotpipe.silences WHERE ends_at > now()",
+					  "  FROM iotpipe.silences WHERE ends_at > pg_catalog.now()",
 					  false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.silences: %s", SPI_result_code_string(ret));

@@ -566,8 +566,8 @@ write_resolves(int round)
 		 */
 		resolve_plan = iotpipe_keep_plan("UPDATE iotpipe.alerts AS a "
 										 "   SET state = 'resolved', resolved_at = u.ts, "
-										 "       resolved_value = u.v, resolved_wall = now() "
-										 "  FROM unnest($1, $2, $3) AS u(id, ts, v) "
+										 "       resolved_value = u.v, resolved_wall = pg_catalog.now() "
+										 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(id, ts, v) "
 										 " WHERE a.alert_id = ANY ($1) AND a.alert_id = u.id "
 										 "   AND a.state <> 'resolved' "
 										 "RETURNING a.alert_id, a.started_at",
@@ -660,7 +660,10 @@ write_fires(int round)
 									  "  (rule_id, sensor_id, location, severity, state, metric, value, "
 									  "   reading, threshold, started_at, silenced) "
 									  "SELECT u.r, u.s, u.l, u.sev, 'firing', u.m, u.v, u.rd, u.th, u.ts, u.sil "
-									  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+									  "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+									  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+									  "pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
+									  "pg_catalog.unnest($10)) "
 									  "       AS u(r, s, l, sev, m, v, rd, th, ts, sil) "
 									  "ON CONFLICT (rule_id, sensor_id) WHERE state = 'firing' DO NOTHING "
 									  "RETURNING a.rule_id, a.sensor_id, a.alert_id",

@@ -120,8 +120,6 @@ iotpipe_etl_main(Datum arg)
 
 	iotpipe_worker_init(slotno, IOT_WORKER_ETL);
 	pgstat_report_appname("iotpipe etl");
-	/* run_etl() and apply_retention() pin their own; this covers our statements */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 
 	/* the launcher checked it, but ALTER / DROP EXTENSION may have run since */
 	if (!iotpipe_run_xact(check_version_tx, &p, "iotpipe etl: checking the extension", false, &err))

@@ -381,7 +381,7 @@ etl_load_context(EtlState *st)
 	etl_collect_query(st, RECV_FACTS, bykey,
 				  "SELECT f.sensor_key, f.ts, f.temperature, f.humidity, f.ingest_xid, f.copies,"
 				  "       f.is_outlier, f.is_stuck"
-				  "  FROM unnest($1, $2, $3) AS c (k, lo, hi)"
+				  "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS c (k, lo, hi)"
 				  "  JOIN iotpipe_dw.fact_reading f ON f.sensor_key = c.k AND f.ts >= c.lo AND f.ts < c.hi",
 				  3, types, vals, nulls);
 	hash_destroy(bykey);
@@ -394,7 +394,7 @@ etl_load_context(EtlState *st)
 	st->old_hours = hash_create("iotpipe etl hours", 4096, &ctl,
 								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	etl_collect_query(st, RECV_HOURS, NULL,
-				  "SELECT h.* FROM unnest($1, $2, $3) AS c (k, lo, hi)"
+				  "SELECT h.* FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS c (k, lo, hi)"
 				  "  JOIN iotpipe_dw.fact_sensor_hourly h"
 				  "    ON h.sensor_key = c.k AND h.hour_start >= c.lo AND h.hour_start < c.hi",
 				  3, types, vals, nulls);

@@ -561,7 +561,9 @@ write_dead_letters(IotBatch *batch)
 		dead_letters_plan =
 			iotpipe_keep_plan("INSERT INTO iotpipe.dead_letters "
 							  "  (source, topic, partition, \"offset\", payload, error) "
-							  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6)",
+							  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+							  "pg_catalog.unnest($3), pg_catalog.unnest($4), "
+							  "pg_catalog.unnest($5), pg_catalog.unnest($6))",
 							  6, types, 0);
 	}
 	ret = SPI_execute_plan(dead_letters_plan, args, NULL, false, 0);

@@ -247,6 +247,17 @@ iotpipe_worker_init(int slotno, IotWorkerKind kind)
 	if (kind == IOT_WORKER_LAUNCHER)
 		launcher_wait_for_database();
 	BackgroundWorkerInitializeConnection(iotpipe_database, NULL, 0);
+
+	/*
+	 * Every worker resolves names through pg_catalog only (and its own temp
+	 * schema for relations): an operator or function planted in public, or
+	 * in any schema a role can write, is never reached by the workers' SPI
+	 * statements, nor by what they call.  PGC_S_OVERRIDE also makes it the
+	 * value RESET returns to, whatever ALTER DATABASE / ROLE ... SET says;
+	 * the SET clauses of the functions the workers call (source SET) still
+	 * apply over it.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	worker_attach(slotno, kind);
 }
 

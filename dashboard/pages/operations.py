@@ -295,7 +295,7 @@ def _ack(alert_id: int):
     """Button callback: acknowledge through iotpipe.ack_alert(), then refresh the feed."""
     ss = st.session_state
     try:
-        q.ack_alert(ui.conn(), alert_id, ss.get("ack_as") or "operator")
+        q.ack_alert(ui.conn(), alert_id, (ss.get("ack_as") or "").strip() or None)
         ss["_ack_msg"] = (f"Alert #{alert_id} acknowledged", None)
     except Exception as e:  # noqa: BLE001 - shown in the feed
         ss["_ack_msg"] = (

@@ -78,7 +78,8 @@ COMMENT ON TABLE iotpipe.dead_letters IS 'every rejected message with its exact 
 ------------------------------------------------------------------------------
 CREATE FUNCTION iotpipe.create_partitions(from_day date, to_day date)
     RETURNS int
-    AS 'MODULE_PATHNAME', 'iotpipe_create_partitions' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'iotpipe_create_partitions' LANGUAGE C STRICT
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION iotpipe.create_partitions(date, date) IS
     'create the daily partitions of iotpipe.readings for from_day..to_day (UTC) that are missing; returns how many were created';
 
@@ -88,14 +89,16 @@ COMMENT ON FUNCTION iotpipe.create_partitions(date, date) IS
 CREATE FUNCTION iotpipe.ingest_json(payloads text[], source text DEFAULT 'sql',
                                     OUT accepted bigint, OUT rejected bigint)
     RETURNS record
-    AS 'MODULE_PATHNAME', 'iotpipe_ingest_json' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_ingest_json' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION iotpipe.ingest_json(text[], text) IS
     'validate and store contract messages through the ingest core; rejects go to iotpipe.dead_letters';
 
 CREATE FUNCTION iotpipe.ingest_json_bytes(payloads bytea[], source text DEFAULT 'sql',
                                           OUT accepted bigint, OUT rejected bigint)
     RETURNS record
-    AS 'MODULE_PATHNAME', 'iotpipe_ingest_json_bytes' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_ingest_json_bytes' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION iotpipe.ingest_json_bytes(bytea[], text) IS
     'like ingest_json, for raw bytes that may not be valid text (invalid UTF-8, NUL bytes)';
 
@@ -133,7 +136,8 @@ CREATE FUNCTION iotpipe.simulator_start(sensors int DEFAULT 100, rate float8 DEF
                                         topic text DEFAULT NULL, brokers text DEFAULT NULL,
                                         malformed_ratio float8 DEFAULT 0.001,
                                         start_ts timestamptz DEFAULT NULL)
-    RETURNS void LANGUAGE plpgsql AS
+    RETURNS void LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     PERFORM iotpipe._require_worker_database();
@@ -175,7 +179,8 @@ $$;
 COMMENT ON FUNCTION iotpipe.simulator_start(int, float8, bigint, text, text, text, float8, timestamptz) IS
     'start (or restart with new settings) the simulator worker; it keeps running across server restarts until simulator_stop()';
 
-CREATE FUNCTION iotpipe.simulator_stop() RETURNS void LANGUAGE plpgsql AS
+CREATE FUNCTION iotpipe.simulator_stop() RETURNS void LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     PERFORM iotpipe._require_worker_database();
@@ -189,7 +194,8 @@ CREATE FUNCTION iotpipe.simulate(sensors int, readings bigint, seed bigint DEFAU
                                  start_ts timestamptz DEFAULT '2026-01-01 00:00:00+00',
                                  malformed_ratio float8 DEFAULT 0)
     RETURNS SETOF text
-    AS 'MODULE_PATHNAME', 'iotpipe_simulate' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'iotpipe_simulate' LANGUAGE C STRICT
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION iotpipe.simulate(int, bigint, bigint, timestamptz, float8) IS
     'the simulator''s generator as a set-returning function: the first readings messages it would send for this seed, in order, with event times starting at start_ts';
 
@@ -197,7 +203,8 @@ COMMENT ON FUNCTION iotpipe.simulate(int, bigint, bigint, timestamptz, float8) I
 -- Workers and status
 ------------------------------------------------------------------------------
 CREATE FUNCTION iotpipe._wake_launcher() RETURNS void
-    AS 'MODULE_PATHNAME', 'iotpipe_wake_launcher' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_wake_launcher' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION iotpipe.worker_status(
     OUT worker text, OUT kind text, OUT pid int, OUT state text, OUT started_at timestamptz,
@@ -206,7 +213,8 @@ CREATE FUNCTION iotpipe.worker_status(
     OUT last_activity timestamptz, OUT restarts int, OUT detail text,
     OUT notifies_skipped bigint)
     RETURNS SETOF record
-    AS 'MODULE_PATHNAME', 'iotpipe_worker_status' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_worker_status' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE VIEW iotpipe.status AS
     SELECT worker, kind, pid, state, started_at, messages, rows, rejected, batches,
@@ -217,6 +225,7 @@ COMMENT ON VIEW iotpipe.status IS 'one row per iotpipe worker, from shared memor
 GRANT SELECT ON iotpipe.readings, iotpipe.sensors, iotpipe.dead_letters, iotpipe.status,
                 iotpipe.simulator
     TO iotpipe_operator, iotpipe_admin;
+REVOKE EXECUTE ON FUNCTION iotpipe.worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION iotpipe.worker_status() TO iotpipe_operator, iotpipe_admin;
 
 -- Admin functions are not executable by PUBLIC.
@@ -226,6 +235,7 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe.ingest_json_bytes(bytea[], text),
     iotpipe.simulator_start(int, float8, bigint, text, text, text, float8, timestamptz),
     iotpipe.simulator_stop(),
+    iotpipe.simulate(int, bigint, bigint, timestamptz, float8),
     iotpipe._wake_launcher(),
     iotpipe._require_worker_database()
     FROM PUBLIC;
@@ -235,6 +245,7 @@ GRANT EXECUTE ON FUNCTION
     iotpipe.ingest_json_bytes(bytea[], text),
     iotpipe.simulator_start(int, float8, bigint, text, text, text, float8, timestamptz),
     iotpipe.simulator_stop(),
+    iotpipe.simulate(int, bigint, bigint, timestamptz, float8),
     iotpipe._wake_launcher(),
     iotpipe._require_worker_database()
     TO iotpipe_admin;

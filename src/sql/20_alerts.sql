@@ -104,9 +104,11 @@ COMMENT ON TABLE iotpipe.silences IS
 -- Row/TRUNCATE triggers tell every backend's engine, at commit, to reload its
 -- cached rules and silences, or its copy of the firing alerts.
 CREATE FUNCTION iotpipe._alert_rules_changed() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'iotpipe_alert_rules_changed' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_rules_changed' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION iotpipe._alerts_changed() RETURNS trigger
-    AS 'MODULE_PATHNAME', 'iotpipe_alerts_changed' LANGUAGE C;
+    AS 'MODULE_PATHNAME', 'iotpipe_alerts_changed' LANGUAGE C
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE TRIGGER alert_rules_changed AFTER INSERT OR UPDATE OR DELETE ON iotpipe.alert_rules
     FOR EACH ROW EXECUTE FUNCTION iotpipe._alert_rules_changed();
@@ -128,7 +130,8 @@ CREATE FUNCTION iotpipe._alert_payload(alert_id bigint, rule_id int, rule text, 
                                        reading float8, threshold float8, ts timestamptz,
                                        started_at timestamptz)
     RETURNS text
-    AS 'MODULE_PATHNAME', 'iotpipe_alert_payload' LANGUAGE C IMMUTABLE;
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_payload' LANGUAGE C IMMUTABLE
+    SET search_path = pg_catalog, pg_temp;
 
 -- NOTIFY iotpipe_alerts unless the queue is at least iotpipe.notify_queue_limit
 -- full (then the notification is counted in iotpipe.status.notifies_skipped);
@@ -138,7 +141,8 @@ CREATE FUNCTION iotpipe._alert_notify(payload text) RETURNS bool
 
 CREATE FUNCTION iotpipe._silenced(p_rule_id int, p_sensor_id text, p_location text,
                                   p_at timestamptz DEFAULT now())
-    RETURNS bool LANGUAGE sql STABLE AS
+    RETURNS bool LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS
 $$
     SELECT EXISTS (SELECT FROM iotpipe.silences s
                     WHERE (s.rule_id IS NULL OR s.rule_id = p_rule_id)
@@ -149,7 +153,8 @@ $$;
 
 -- Rule updates: keep updated_at, and resolve the firing alerts of a rule that
 -- is disabled (nothing would ever resolve them otherwise).
-CREATE FUNCTION iotpipe._alert_rules_update() RETURNS trigger LANGUAGE plpgsql AS
+CREATE FUNCTION iotpipe._alert_rules_update() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
     a record;
@@ -207,7 +212,8 @@ CREATE TRIGGER alert_rules_limit AFTER INSERT OR UPDATE OF enabled ON iotpipe.al
 -- it with another "now".
 ------------------------------------------------------------------------------
 CREATE FUNCTION iotpipe._alert_timers(at timestamptz DEFAULT now()) RETURNS int
-    LANGUAGE plpgsql AS
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
     a record;
@@ -276,18 +282,28 @@ COMMENT ON FUNCTION iotpipe._alert_timers(timestamptz) IS
 ------------------------------------------------------------------------------
 -- Operator actions
 ------------------------------------------------------------------------------
-CREATE FUNCTION iotpipe.ack_alert(alert_id bigint, acked_by text DEFAULT current_user)
+-- An operator acknowledges as the user they logged in as (session_user: SET
+-- ROLE does not change it).  Naming someone else takes iotpipe_admin (or a
+-- superuser): the record says who acknowledged, and only admins may write
+-- it for others, e.g. a night shift's name.
+CREATE FUNCTION iotpipe.ack_alert(alert_id bigint, acked_by text DEFAULT session_user)
     RETURNS iotpipe.alerts
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
-    a iotpipe.alerts;
+    a   iotpipe.alerts;
+    who text := coalesce(ack_alert.acked_by, session_user::text);
 BEGIN
+    IF who IS DISTINCT FROM session_user::text
+       AND NOT pg_catalog.pg_has_role(session_user, 'iotpipe_admin', 'MEMBER') THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = 'only iotpipe_admin may acknowledge for another user',
+            DETAIL = format('The session user is %I; the acknowledgement named %L.', session_user, who),
+            HINT = 'Leave out acked_by to acknowledge as yourself.';
+    END IF;
     UPDATE iotpipe.alerts al
        SET acked_at = coalesce(al.acked_at, now()),
-           acked_by = CASE WHEN al.acked_at IS NULL
-                           THEN coalesce(ack_alert.acked_by, session_user::text)
-                           ELSE al.acked_by END
+           acked_by = CASE WHEN al.acked_at IS NULL THEN who ELSE al.acked_by END
      WHERE al.alert_id = ack_alert.alert_id
     RETURNING al.* INTO a;
     IF NOT FOUND THEN
@@ -298,7 +314,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION iotpipe.ack_alert(bigint, text) IS
-    'acknowledge an alert (firing or resolved); the first acknowledgement is kept';
+    'acknowledge an alert (firing or resolved) as the session user; naming another user takes iotpipe_admin; the first acknowledgement is kept';
 
 -- Firing alerts with their rule, for dashboards and psql.
 CREATE VIEW iotpipe.firing_alerts AS
@@ -324,7 +340,10 @@ REVOKE EXECUTE ON FUNCTION
                            float8, float8, float8, timestamptz, timestamptz),
     iotpipe._silenced(int, text, text, timestamptz),
     iotpipe._alert_notify(text),
-    iotpipe._alert_rules_limit()
+    iotpipe._alert_rules_limit(),
+    iotpipe._alert_rules_changed(),
+    iotpipe._alerts_changed(),
+    iotpipe._alert_rules_update()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION iotpipe.ack_alert(bigint, text) TO iotpipe_operator, iotpipe_admin;
 GRANT EXECUTE ON FUNCTION iotpipe._alert_timers(timestamptz) TO iotpipe_admin;

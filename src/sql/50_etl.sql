@@ -188,12 +188,14 @@ CREATE INDEX readings_ingest_xid_brin ON iotpipe.readings
 ------------------------------------------------------------------------------
 CREATE FUNCTION iotpipe._etl_date_key(d date) RETURNS int
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
     RETURN (date_part('year', d) * 10000 + date_part('month', d) * 100 + date_part('day', d))::int;
 
 -- progress of a run: a NOTICE and the application_name seen in
 -- pg_stat_activity (and so in the view iotpipe.etl_progress)
 CREATE FUNCTION iotpipe._etl_progress(run_id bigint, step text, t0 timestamptz) RETURNS void
-    LANGUAGE plpgsql AS
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
 $$
 BEGIN
     PERFORM set_config('application_name',
@@ -221,11 +223,13 @@ CREATE FUNCTION iotpipe._etl_collect(cand text, lo bigint, snap pg_snapshot, pre
                                      until timestamptz)
     RETURNS TABLE (sensor_id text, location text, n bigint, min_ts timestamptz, max_ts timestamptz)
     LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'iotpipe_etl_collect';
 CREATE FUNCTION iotpipe._etl_emit(full_load bool,
                                   OUT facts_new bigint, OUT facts_changed bigint, OUT hours bigint,
                                   OUT days bigint)
     LANGUAGE c VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'iotpipe_etl_emit';
 
 ------------------------------------------------------------------------------
@@ -702,7 +706,8 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe.apply_retention(interval),
     iotpipe._etl_progress(bigint, text, timestamptz),
     iotpipe._etl_collect(text, bigint, pg_snapshot, pg_snapshot, timestamptz),
-    iotpipe._etl_emit(bool)
+    iotpipe._etl_emit(bool),
+    iotpipe._etl_date_key(date)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.run_etl(timestamptz),

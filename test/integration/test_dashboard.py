@@ -247,14 +247,25 @@ def test_operations_page(dash):
     assert RULE in feed and "dash-0001" in feed
     labels = [b.label for b in at.button]
     assert f"Ack #{a1}" in labels and f"Ack #{a2}" in labels
+    # an operator login cannot acknowledge under another name: refused, said so
     at.session_state["ack_as"] = "apptest"
+    at.button(key=f"ack-{a1}").click()
+    at.run()
+    assert not at.exception
+    assert "only iotpipe_admin may acknowledge for another user" in texts(at)
+    acked_at, acked_by = db.execute(
+        "SELECT acked_at, acked_by FROM iotpipe.alerts WHERE alert_id = %s", (a1,)
+    ).fetchone()
+    assert acked_at is None and acked_by is None
+    # with the field empty it acknowledges as the login
+    at.session_state["ack_as"] = ""
     at.button(key=f"ack-{a1}").click()
     at.run()
     assert not at.exception
     acked_at, acked_by = db.execute(
         "SELECT acked_at, acked_by FROM iotpipe.alerts WHERE alert_id = %s", (a1,)
     ).fetchone()
-    assert acked_at is not None and acked_by == "apptest"
+    assert acked_at is not None and acked_by == USER
     assert f"Ack #{a1}" not in [b.label for b in at.button]
 
     # the live chart: our location's series with the rule drawn (its caption counts it)
@@ -609,8 +620,8 @@ def test_browser(dash, server, browser):
         timeout=20,
         what=f"alert {a2} to be acknowledged",
     )
-    assert row[1] == "operator"
-    wait_text(d, "acked by operator", timeout=20)
+    assert row[1] == USER
+    wait_text(d, f"acked by {USER}", timeout=20)
 
     # Analytics
     d.set_window_size(1600, 1150)
