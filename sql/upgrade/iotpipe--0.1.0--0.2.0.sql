@@ -228,7 +228,8 @@ CREATE TRIGGER alert_rules_limit AFTER INSERT OR UPDATE OF enabled ON iotpipe.al
     FOR EACH STATEMENT EXECUTE FUNCTION iotpipe._alert_rules_limit();
 
 CREATE FUNCTION iotpipe._alert_notify(payload text) RETURNS bool
-    AS 'MODULE_PATHNAME', 'iotpipe_alert_notify' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_notify' LANGUAGE C STRICT
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE OR REPLACE FUNCTION iotpipe._alert_rules_update() RETURNS trigger LANGUAGE plpgsql AS
 $$
@@ -321,7 +322,7 @@ END
 $$;
 
 REVOKE EXECUTE ON FUNCTION iotpipe._alert_notify(text), iotpipe._alert_rules_limit() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION iotpipe._alert_notify(text), iotpipe._alert_rules_limit() TO iotpipe_admin;
+GRANT EXECUTE ON FUNCTION iotpipe._alert_notify(text) TO iotpipe_admin;
 
 -- iotpipe.status gains notifies_skipped (at the end): the function's OUT
 -- columns change, so it and the view are made again, with their grants

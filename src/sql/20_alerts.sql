@@ -137,7 +137,8 @@ CREATE FUNCTION iotpipe._alert_payload(alert_id bigint, rule_id int, rule text, 
 -- full (then the notification is counted in iotpipe.status.notifies_skipped);
 -- true when it was sent.  The engine does the same in C.
 CREATE FUNCTION iotpipe._alert_notify(payload text) RETURNS bool
-    AS 'MODULE_PATHNAME', 'iotpipe_alert_notify' LANGUAGE C STRICT;
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_notify' LANGUAGE C STRICT
+    SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION iotpipe._silenced(p_rule_id int, p_sensor_id text, p_location text,
                                   p_at timestamptz DEFAULT now())
@@ -352,8 +353,7 @@ GRANT EXECUTE ON FUNCTION
     iotpipe._alert_payload(bigint, int, text, text, text, text, text, text, text, text,
                            float8, float8, float8, timestamptz, timestamptz),
     iotpipe._silenced(int, text, text, timestamptz),
-    iotpipe._alert_notify(text),
-    iotpipe._alert_rules_limit()
+    iotpipe._alert_notify(text)
     TO iotpipe_admin;
 
 -- A new install replaces whatever rules the engines had cached.

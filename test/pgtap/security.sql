@@ -31,7 +31,10 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._etl_date_key(date): (owner only)'),
     ('iotpipe._etl_emit(boolean): (owner only)'),
     ('iotpipe._etl_progress(bigint,text,timestamp with time zone): (owner only)'),
-    ('iotpipe._kafka_check_options(text[],text[]): iotpipe_admin'),
+    ('iotpipe._alert_notify(text): iotpipe_admin'),
+    ('iotpipe._alert_rules_limit(): (owner only)'),
+    ('iotpipe._kafka_check_options(text[],text[],text[]): iotpipe_admin'),
+    ('iotpipe._require_worker_database(): iotpipe_admin'),
     ('iotpipe._run_etl(iotpipe.etl_runs): (owner only)'),
     ('iotpipe._silenced(integer,text,text,timestamp with time zone): iotpipe_admin'),
     ('iotpipe._wake_launcher(): iotpipe_admin'),
@@ -73,16 +76,12 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1)
 
 ------------------------------------------------------------------ search_path
 -- Every function pins search_path to pg_catalog first and no schema a role
--- can write; the Kafka functions are pinned by the Kafka hardening (their
--- own issue), listed here until then.
+-- can write (the Kafka functions included).
 SELECT is((SELECT array_agg(p.oid::regprocedure::text ORDER BY 1)
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
             WHERE n.nspname IN ('iotpipe', 'iotpipe_dw')
               AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp']
-                               OR p.proconfig @> ARRAY['search_path=pg_catalog, iotpipe, pg_temp'], false)
-              AND p.oid::regprocedure::text NOT IN (
-                  'iotpipe.kafka_start(text,text,text,integer,jsonb)', 'iotpipe.kafka_stop(text)',
-                  'iotpipe._kafka_check_options(text[],text[])')),
+                               OR p.proconfig @> ARRAY['search_path=pg_catalog, iotpipe, pg_temp'], false)),
           NULL, 'every function pins search_path to pg_catalog, pg_temp');
 -- a function pinned with a SET search_path naming another schema would pass
 -- the check above only by mistake: no other value is used
