@@ -191,7 +191,11 @@ def test_concurrent_ingest_exactly_once(db):
 # The contract of docs/warehouse.md written as plain SQL, from the raw table
 # and dim_sensor: dedup (first ingested wins), the leave-one-out outlier test
 # over the hour and its neighbours, the stuck test over the four previous
-# readings.  An oracle for src/etl.c, which computes the same in one loop.
+# readings; a value outside the value bounds (README: non-finite, below
+# absolute zero, above 10,000 degrees C, humidity outside 0-100, all only
+# possible by a hand-made INSERT) is an outlier and left out of the hour's
+# statistics.  An oracle for src/etl_transform.c, which computes the same in
+# one loop.
 REFERENCE_FACTS = """
 WITH keyed AS (
     SELECT d.sensor_key, r.ts, r.temperature, r.humidity, r.ingest_xid, r.ctid AS ord
@@ -204,13 +208,17 @@ WITH keyed AS (
            count(*) OVER (PARTITION BY sensor_key, ts) AS copies
       FROM keyed
      ORDER BY sensor_key, ts, ingest_xid, ord
+), plausible AS (
+    SELECT *, CASE WHEN temperature BETWEEN -273.15 AND 10000 THEN temperature END AS tv,
+              CASE WHEN humidity BETWEEN 0 AND 100 THEN humidity END AS hv
+      FROM dedup
 ), hours AS (
     SELECT sensor_key, date_trunc('hour', ts, 'UTC') AS h,
-           count(temperature) AS tn, coalesce(sum(temperature), 0) AS ts_,
-           coalesce(sum(temperature * temperature), 0) AS tq,
-           count(humidity) AS hn, coalesce(sum(humidity), 0) AS hs_,
-           coalesce(sum(humidity * humidity), 0) AS hq
-      FROM dedup GROUP BY 1, 2
+           count(tv) AS tn, coalesce(sum(tv), 0) AS ts_,
+           coalesce(sum(tv * tv), 0) AS tq,
+           count(hv) AS hn, coalesce(sum(hv), 0) AS hs_,
+           coalesce(sum(hv * hv), 0) AS hq
+      FROM plausible GROUP BY 1, 2
 ), win AS (
     SELECT a.sensor_key, a.h, sum(b.tn) AS tn, sum(b.ts_) AS ts_, sum(b.tq) AS tq,
            sum(b.hn) AS hn, sum(b.hs_) AS hs_, sum(b.hq) AS hq
@@ -229,19 +237,21 @@ WITH keyed AS (
             AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 2) OVER s
             AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 3) OVER s
             AND d.humidity IS NOT DISTINCT FROM lag(d.humidity, 4) OVER s) IS TRUE AS stuck
-      FROM dedup d
+      FROM plausible d
     WINDOW s AS (PARTITION BY d.sensor_key ORDER BY d.ts)
 )
 SELECT l.sensor_key, l.ts, l.temperature::text, l.humidity::text, l.copies::int, l.ingest_xid::text,
-       coalesce(l.temperature IS NOT NULL AND w.tn >= 6
-                AND abs(l.temperature - (w.ts_ - l.temperature) / (w.tn - 1))
-                    > 4 * greatest(sqrt(greatest((w.tq - l.temperature ^ 2
-                                                  - (w.ts_ - l.temperature) ^ 2 / (w.tn - 1))
+       (l.temperature IS NOT NULL AND l.tv IS NULL)
+       OR (l.humidity IS NOT NULL AND l.hv IS NULL)
+       OR coalesce(l.tv IS NOT NULL AND w.tn >= 6
+                AND abs(l.tv - (w.ts_ - l.tv) / (w.tn - 1))
+                    > 4 * greatest(sqrt(greatest((w.tq - l.tv ^ 2
+                                                  - (w.ts_ - l.tv) ^ 2 / (w.tn - 1))
                                                  / (w.tn - 2), 0)), 0.1), false)
-       OR coalesce(l.humidity IS NOT NULL AND w.hn >= 6
-                AND abs(l.humidity - (w.hs_ - l.humidity) / (w.hn - 1))
-                    > 4 * greatest(sqrt(greatest((w.hq - l.humidity ^ 2
-                                                  - (w.hs_ - l.humidity) ^ 2 / (w.hn - 1))
+       OR coalesce(l.hv IS NOT NULL AND w.hn >= 6
+                AND abs(l.hv - (w.hs_ - l.hv) / (w.hn - 1))
+                    > 4 * greatest(sqrt(greatest((w.hq - l.hv ^ 2
+                                                  - (w.hs_ - l.hv) ^ 2 / (w.hn - 1))
                                                  / (w.hn - 2), 0)), 0.1), false) AS outlier,
        l.stuck
   FROM lagged l
@@ -365,9 +375,13 @@ def test_flags_match_sql_reference(db):
             "       count(*) FILTER (WHERE outlier OR stuck)::int,"
             "       count(*) FILTER (WHERE outlier)::int, count(*) FILTER (WHERE stuck)::int,"
             "       count(*) FILTER (WHERE copies > 1)::int,"
-            "       min(temperature::float8)::text, max(temperature::float8)::text,"
-            "       min(humidity::float8)::text, max(humidity::float8)::text"
-            "  FROM (" + REFERENCE_FACTS + ") r GROUP BY 1, 2",
+            "       min(t)::text, max(t)::text, min(hu)::text, max(hu)::text"
+            "  FROM (SELECT r.*,"
+            "               CASE WHEN temperature::float8 BETWEEN -273.15 AND 10000"
+            "                    THEN temperature::float8 END AS t,"
+            "               CASE WHEN humidity::float8 BETWEEN 0 AND 100"
+            "                    THEN humidity::float8 END AS hu"
+            "          FROM (" + REFERENCE_FACTS + ") r) r GROUP BY 1, 2",
             p,
         ).fetchall()
     )
