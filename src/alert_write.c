@@ -257,6 +257,13 @@ build_payload_cut(StringInfo buf, const PayloadArgs *p, bool cut)
 static void
 build_payload(StringInfo buf, const PayloadArgs *p)
 {
+	if (iotpipe_notify_ids_only)
+	{
+		/* confidential sites: listeners read the rest from iotpipe.alerts */
+		appendStringInfo(buf, "{\"alert_id\":" INT64_FORMAT ",\"rule_id\":%d}",
+						 p->alert_id, p->rule_id);
+		return;
+	}
 	build_payload_cut(buf, p, false);
 	if (buf->len < IOTPIPE_PAYLOAD_MAX)
 		return;

@@ -26,6 +26,7 @@ int			iotpipe_kafka_poll_ms = 100;
 int			iotpipe_kafka_max_message_bytes = IOTPIPE_MAX_MESSAGE;
 char	   *iotpipe_secrets_dir = NULL;
 double		iotpipe_notify_queue_limit = 0.5;
+bool		iotpipe_notify_ids_only = false;
 
 void
 iotpipe_guc_init(bool preloading)
@@ -145,6 +146,15 @@ iotpipe_guc_init(bool preloading)
 							 "A fraction of the queue, as pg_notification_queue_usage() reports it; the alerts are still written and the skipped notifications counted in iotpipe.status. 0 skips every notification.",
 							 &iotpipe_notify_queue_limit,
 							 0.5, 0.0, 1.0,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("iotpipe.notify_ids_only",
+							 "Alert notifications carry only alert_id and rule_id.",
+							 "NOTIFY has no privileges: any role that can connect can LISTEN. With this on, a listener learns that an alert changed and must read iotpipe.alerts (which needs a grant) for what it is.",
+							 &iotpipe_notify_ids_only,
+							 false,
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);

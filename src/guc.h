@@ -23,6 +23,7 @@ extern int	iotpipe_kafka_poll_ms;
 extern int	iotpipe_kafka_max_message_bytes;
 extern char *iotpipe_secrets_dir;
 extern double iotpipe_notify_queue_limit;
+extern bool iotpipe_notify_ids_only;
 extern void iotpipe_guc_init(bool preloading);
 
 #endif							/* IOTPIPE_GUC_H */

@@ -403,3 +403,7 @@ $$;
 COMMENT ON FUNCTION iotpipe.ack_alert(bigint, text) IS
     'acknowledge an alert (firing or resolved) as the session user; naming another user takes iotpipe_admin; the first acknowledgement is kept';
 -- end hardening: search_path, PUBLIC EXECUTE, ack_alert
+
+-- hardening: iotpipe.notify_ids_only (the payload depends on a setting: STABLE)
+ALTER FUNCTION iotpipe._alert_payload(bigint, int, text, text, text, text, text, text, text, text,
+                                      float8, float8, float8, timestamptz, timestamptz) STABLE;

@@ -130,7 +130,7 @@ CREATE FUNCTION iotpipe._alert_payload(alert_id bigint, rule_id int, rule text, 
                                        reading float8, threshold float8, ts timestamptz,
                                        started_at timestamptz)
     RETURNS text
-    AS 'MODULE_PATHNAME', 'iotpipe_alert_payload' LANGUAGE C IMMUTABLE
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_payload' LANGUAGE C STABLE  -- iotpipe.notify_ids_only
     SET search_path = pg_catalog, pg_temp;
 
 -- NOTIFY iotpipe_alerts unless the queue is at least iotpipe.notify_queue_limit

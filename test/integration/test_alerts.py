@@ -482,3 +482,43 @@ def test_silence_holds_back_until_it_ends(clean):
             ).fetchone()[0]
             is False
         )
+
+
+def test_notify_ids_only_carries_no_alert_content(clean):
+    """iotpipe.notify_ids_only: a listener (any role that can connect) learns only
+    which alert changed; the fire and the resolve are still notified, in order."""
+    db = clean
+    loc = "it-al-ids"
+    rule = add_rule(
+        db,
+        name="it-al-ids-hot",
+        kind="threshold",
+        metric="temperature",
+        location=loc,
+        op=">",
+        threshold=40,
+        clear_threshold=35,
+        severity="critical",
+    )
+    with connect() as listener:
+        listener.execute(f"LISTEN {CH}")
+        db.execute("SET iotpipe.notify_ids_only = on")
+        try:
+            ingest(db, msg("it-al-ids-1", now_iso(), 45.0, None, loc))
+            ingest(db, msg("it-al-ids-1", now_iso(), 30.0, None, loc))
+        finally:
+            db.execute("RESET iotpipe.notify_ids_only")
+        got = wait_notifies(listener, 2, timeout=10)
+        alert_id = db.execute(
+            "SELECT alert_id FROM iotpipe.alerts WHERE rule_id = %s AND sensor_id = 'it-al-ids-1'",
+            (rule,),
+        ).fetchone()[0]
+        assert got[:2] == [{"alert_id": alert_id, "rule_id": rule}] * 2, got
+        # with the setting off again the payload is complete
+        ingest(db, msg("it-al-ids-1", now_iso(), 46.0, None, loc))
+        full = wait_notifies(listener, 1, timeout=10)[0]
+        assert full["sensor_id"] == "it-al-ids-1" and full["state"] == "firing", full
+    with connect() as c:
+        c.execute("DELETE FROM iotpipe.alerts WHERE sensor_id = 'it-al-ids-1'")
+        c.execute("DELETE FROM iotpipe.readings WHERE sensor_id = 'it-al-ids-1'")
+        c.execute("DELETE FROM iotpipe.sensors WHERE sensor_id = 'it-al-ids-1'")
