@@ -72,13 +72,10 @@ iotpipe_kind_name(IotWorkerKind kind)
 }
 
 void
-iotpipe_set_state(IotWorkerState state, const char *detail)
+iotpipe_slot_set_state(int slotno, IotWorkerState state, const char *detail)
 {
-	IotWorkerSlot *slot;
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
 
-	if (iotpipe_my_slot < 0)
-		return;
-	slot = iotpipe_slot(iotpipe_my_slot);
 	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
 	slot->state = state;
 	if (detail)
@@ -87,9 +84,26 @@ iotpipe_set_state(IotWorkerState state, const char *detail)
 }
 
 void
+iotpipe_slot_set_error(int slotno, const char *error)
+{
+	IotWorkerSlot *slot = iotpipe_slot(slotno);
+
+	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
+	strlcpy(slot->last_error, error, IOTPIPE_ERRLEN);
+	slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(iotpipe_shared->lock);
+}
+
+void
+iotpipe_set_state(IotWorkerState state, const char *detail)
+{
+	if (iotpipe_my_slot >= 0)
+		iotpipe_slot_set_state(iotpipe_my_slot, state, detail);
+}
+
+void
 iotpipe_set_error(const char *fmt,...)
 {
-	IotWorkerSlot *slot;
 	char		buf[IOTPIPE_ERRLEN];
 	va_list		ap;
 
@@ -98,12 +112,7 @@ iotpipe_set_error(const char *fmt,...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-
-	slot = iotpipe_slot(iotpipe_my_slot);
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	strlcpy(slot->last_error, buf, IOTPIPE_ERRLEN);
-	slot->last_error_at = GetCurrentTimestamp();
-	LWLockRelease(iotpipe_shared->lock);
+	iotpipe_slot_set_error(iotpipe_my_slot, buf);
 }
 
 void

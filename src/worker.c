@@ -481,26 +481,3 @@ iotpipe_slot_request_stop(int slotno)
 	LWLockRelease(iotpipe_shared->lock);
 	return pid;
 }
-
-void
-iotpipe_slot_set_state(int slotno, IotWorkerState state, const char *detail)
-{
-	IotWorkerSlot *slot = iotpipe_slot(slotno);
-
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	slot->state = state;
-	if (detail)
-		strlcpy(slot->detail, detail, IOTPIPE_ERRLEN);
-	LWLockRelease(iotpipe_shared->lock);
-}
-
-void
-iotpipe_slot_set_error(int slotno, const char *error)
-{
-	IotWorkerSlot *slot = iotpipe_slot(slotno);
-
-	LWLockAcquire(iotpipe_shared->lock, LW_EXCLUSIVE);
-	strlcpy(slot->last_error, error, IOTPIPE_ERRLEN);
-	slot->last_error_at = GetCurrentTimestamp();
-	LWLockRelease(iotpipe_shared->lock);
-}

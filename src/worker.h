@@ -86,10 +86,6 @@ extern void iotpipe_slot_reset(int slotno);
 /* ask a slot's worker to stop (it sees a new generation); returns its pid or 0 */
 extern int	iotpipe_slot_request_stop(int slotno);
 
-/* a slot without a process: "free" (reusable) or "stopped" (kept for its counters) */
-extern void iotpipe_slot_set_state(int slotno, IotWorkerState state, const char *detail);
-
-/* a slot's detail and last error, as the launcher sees it (e.g. a failed launch) */
-extern void iotpipe_slot_set_error(int slotno, const char *error);
+/* iotpipe_slot_set_state / iotpipe_slot_set_error: status.h */
 
 #endif							/* IOTPIPE_WORKER_H */
