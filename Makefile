@@ -14,6 +14,7 @@ OBJS = \
 	src/ingest.o \
 	src/sensors.o \
 	src/partition.o \
+	src/locks.o \
 	src/simulator.o \
 	src/simgen.o \
 	src/alerts.o \

@@ -20,6 +20,7 @@ int			iotpipe_flush_interval_ms = 10;
 int			iotpipe_etl_interval_s = 0;
 int			iotpipe_raw_retention_s = 0;
 int			iotpipe_partition_premake_days = 3;
+int			iotpipe_etl_lock_timeout_ms = 60000;
 int			iotpipe_max_workers = 16;
 int			iotpipe_launcher_naptime_ms = 500;
 int			iotpipe_kafka_poll_ms = 100;
@@ -95,6 +96,15 @@ iotpipe_guc_init(bool preloading)
 							0, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("iotpipe.etl_lock_timeout",
+							"Longest wait of run_etl(), reset_warehouse() and apply_retention() for the one in progress.",
+							"After it the call fails with \"another run_etl is in progress\"; 0 does not wait.",
+							&iotpipe_etl_lock_timeout_ms,
+							60000, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("iotpipe.partition_premake",

@@ -17,6 +17,7 @@ extern int	iotpipe_flush_interval_ms;
 extern int	iotpipe_etl_interval_s;
 extern int	iotpipe_raw_retention_s;
 extern int	iotpipe_partition_premake_days;
+extern int	iotpipe_etl_lock_timeout_ms;
 extern int	iotpipe_max_workers;
 extern int	iotpipe_launcher_naptime_ms;
 extern int	iotpipe_kafka_poll_ms;

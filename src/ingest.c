@@ -52,6 +52,9 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/json.h"
+#include "common/shortest_dec.h"
+#include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -81,6 +84,7 @@ struct IotBatch
 	int			nrejects;
 	int			rejects_cap;
 	TimestampTz now;			/* reference for "in the future" */
+	const char *source;			/* of the readings, for those held */
 };
 
 static SPIPlanPtr dead_letters_plan = NULL;
@@ -106,6 +110,7 @@ iotpipe_batch_reset(IotBatch *batch)
 	batch->rejects = MemoryContextAlloc(batch->cxt, sizeof(IotReject) * batch->rejects_cap);
 	batch->nrejects = 0;
 	batch->now = GetCurrentTimestamp();
+	batch->source = NULL;
 }
 
 int
@@ -170,6 +175,8 @@ iotpipe_batch_add(IotBatch *batch, const char *data, size_t len, const IotSource
 	MemoryContextSwitchTo(old);
 	if (reason == NULL)
 	{
+		if (batch->source == NULL)
+			batch->source = src->source;
 		batch->nreadings++;
 		return true;
 	}
@@ -573,32 +580,71 @@ write_dead_letters(IotBatch *batch)
 
 /* ---------- flush ---------- */
 
+/*
+ * A reading that has no partition and cannot get one now (partition.c:
+ * the per-transaction cap, a lock wait that timed out) is held: it goes to
+ * iotpipe.dead_letters as a canonical JSON message of the parsed reading,
+ * with a reason starting with "held: ", and the launcher ingests it again
+ * (iotpipe_ingest_retry_held).  It is not lost and not written twice.
+ */
+static void
+hold_reading(IotBatch *batch, const IotReading *r, const char *reason)
+{
+	StringInfoData buf;
+	IotSource	src = {0};
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		num[64];
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"sensor_id\":");
+	escape_json(&buf, r->sensor_id);
+	if (timestamp2tm(r->ts, NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "timestamp out of range");
+	appendStringInfo(&buf, ",\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06dZ\"",
+					 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	if (r->has_temperature)
+	{
+		double_to_shortest_decimal_buf(r->temperature, num);
+		appendStringInfo(&buf, ",\"temperature\":%s", num);
+	}
+	if (r->has_humidity)
+	{
+		double_to_shortest_decimal_buf(r->humidity, num);
+		appendStringInfo(&buf, ",\"humidity\":%s", num);
+	}
+	if (r->location)
+	{
+		appendStringInfoString(&buf, ",\"location\":");
+		escape_json(&buf, pnstrdup(r->location, r->location_len));
+	}
+	appendStringInfoChar(&buf, '}');
+	src.source = batch->source ? batch->source : "sql";
+	iotpipe_batch_reject(batch, buf.data, buf.len, &src, reason);
+}
+
+/* every reading needs a partition: made now, or the reading is held */
 static void
 ensure_partitions(IotBatch *batch)
 {
-	int32		days[16];
-	int			ndays = 0;
-	int			i,
-				j;
+	IotPartCheck *pc = iotpipe_partcheck_begin();
+	int			keep = 0;
 
-	for (i = 0; i < batch->nreadings; i++)
+	for (int i = 0; i < batch->nreadings; i++)
 	{
-		int32		d = iotpipe_ts_day(batch->readings[i].ts);
+		const char *reason = iotpipe_partcheck(pc, batch->readings[i].ts);
 
-		for (j = 0; j < ndays; j++)
-			if (days[j] == d)
-				break;
-		if (j < ndays)
-			continue;
-		if (ndays == lengthof(days))
+		if (reason != NULL)
+			hold_reading(batch, &batch->readings[i], reason);
+		else
 		{
-			iotpipe_ensure_partitions_for_days(days, ndays);
-			ndays = 0;
+			if (keep != i)
+				batch->readings[keep] = batch->readings[i];
+			keep++;
 		}
-		days[ndays++] = d;
 	}
-	if (ndays > 0)
-		iotpipe_ensure_partitions_for_days(days, ndays);
+	batch->nreadings = keep;
+	iotpipe_partcheck_end(pc);
 }
 
 void
@@ -607,10 +653,9 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 	MemoryContext old = MemoryContextSwitchTo(batch->cxt);
 
 	if (batch->nreadings > 0)
-	{
 		ensure_partitions(batch);
+	if (batch->nreadings > 0)
 		copy_readings(batch);
-	}
 	if (batch->nreadings > 0 || batch->nrejects > 0)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
@@ -673,6 +718,65 @@ iotpipe_ingest_idle(void)
 	last_idle_write = now;
 	/* never throws: a failure is logged and published, the write retried later */
 	(void) iotpipe_worker_xact(idle_write_tx, NULL, "writing iotpipe.sensors", false);
+}
+
+/* ---------- held readings ---------- */
+
+/*
+ * Ingest again up to max held readings (dead letters whose reason starts
+ * with "held: "), in the current transaction: their rows leave
+ * iotpipe.dead_letters and go through the whole ingest path (partitions,
+ * write, sensors, alerts), or are held again.  Rows another transaction
+ * has locked are skipped.  Returns how many were taken.  For the launcher.
+ */
+int
+iotpipe_ingest_retry_held(int max)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "iotpipe held readings",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	IotBatch   *batch = iotpipe_batch_create(cxt);
+	Datum		arg = Int32GetDatum(max);
+	uint64		n;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (plan == NULL)
+	{
+		Oid			type = INT4OID;
+
+		plan = iotpipe_keep_plan("DELETE FROM iotpipe.dead_letters d WHERE d.id OPERATOR(pg_catalog.=) ANY ("
+								 "  SELECT h.id FROM iotpipe.dead_letters h"
+								 "   WHERE pg_catalog.starts_with(h.error, 'held: ')"
+								 "   ORDER BY h.id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+								 " RETURNING d.source, d.payload",
+								 1, &type, 0);
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "could not take the held readings");
+	n = SPI_processed;
+	MemoryContextSwitchTo(cxt);
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		source = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+		bytea	   *payload = DatumGetByteaPCopy(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		IotSource	src = {0};
+
+		src.source = TextDatumGetCString(source);
+		iotpipe_batch_add(batch, VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload), &src);
+	}
+	SPI_finish();
+	if (n > 0)
+	{
+		iotpipe_batch_flush(batch, NULL, NULL);
+		iotpipe_ingest_write_sensors(true);
+	}
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(cxt);
+	return (int) n;
 }
 
 /* ---------- SQL: iotpipe.ingest_json(text[]) / ingest_json_bytes(bytea[]) ---------- */

@@ -37,6 +37,8 @@ extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejec
 extern void iotpipe_ingest_write_sensors(bool all);
 /* workers call this when idle (outside a transaction): writes due sensors */
 extern void iotpipe_ingest_idle(void);
+/* the launcher: ingest again up to max held readings (dead letters "held: ...") */
+extern int	iotpipe_ingest_retry_held(int max);
 
 /* what the alert engine sees of a batch (accepted readings, in input order) */
 extern int	iotpipe_batch_nreadings(IotBatch *batch);

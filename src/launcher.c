@@ -37,6 +37,7 @@
 #include "iotpipe.h"
 #include "alerts.h"
 #include "guc.h"
+#include "ingest.h"
 #include "partition.h"
 #include "status.h"
 #include "version.h"
@@ -185,15 +186,26 @@ partition_upkeep(void *arg)
 	int			created;
 
 	/*
-	 * Creating a partition locks iotpipe.readings, which a long ETL run
-	 * holds: give up after a while and try again in a minute rather than
-	 * stop supervising.
+	 * Attaching a partition takes SHARE UPDATE EXCLUSIVE on iotpipe.readings
+	 * (readers and writers do not conflict with it; ANALYZE, a manual LOCK
+	 * or another creator's open transaction do): give up after a while and
+	 * try again at the next pass rather than stop supervising.
 	 */
 	(void) set_config_option("lock_timeout", "1s", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
 	created = iotpipe_create_partitions_range(today - 1, today + iotpipe_partition_premake_days);
 	if (created > 0)
 		ereport(LOG, (errmsg("iotpipe launcher: created %d partitions of iotpipe.readings", created)));
+}
+
+/* readings held for want of a partition (ingest.c): ingest them again */
+static void
+retry_held(void *arg)
+{
+	int			n = iotpipe_ingest_retry_held(iotpipe_batch_size);
+
+	if (n > 0)
+		ereport(LOG, (errmsg("iotpipe launcher: ingested %d held readings again", n)));
 }
 
 static void
@@ -466,6 +478,7 @@ iotpipe_launcher_main(Datum arg)
 {
 	PassState	ps;
 	TimestampTz last_upkeep = 0;
+	TimestampTz last_held = 0;
 	TimestampTz last_etl = 0;
 	bool		was_ok = false;
 
@@ -511,6 +524,11 @@ iotpipe_launcher_main(Datum arg)
 				{
 					if (iotpipe_worker_xact(partition_upkeep, NULL, "partition upkeep", false))
 						last_upkeep = now;
+				}
+				if (now - last_held >= 5 * USECS_PER_SEC)
+				{
+					if (iotpipe_worker_xact(retry_held, NULL, "ingesting held readings", false))
+						last_held = now;
 				}
 				reconcile(&ps);
 				(void) iotpipe_worker_xact(alerts_tick, NULL, "alert timers", false);

@@ -1,37 +1,90 @@
 /*-------------------------------------------------------------------------
  *
  * partition.c
- *	  Daily partitions of iotpipe.readings, named readings_pYYYYMMDD and
- *	  covering one UTC day each.  The launcher keeps iotpipe.partition_premake
- *	  days created ahead; the ingest core creates a missing one on demand
- *	  (late or historical data) before it takes any lock on the table.
+ *	  The partitions of iotpipe.readings (range on ts, UTC).
  *
- *	  Creation runs as the owner of iotpipe.readings, so that roles allowed
- *	  to ingest need not own the table, and is serialized by an advisory
- *	  lock so that concurrent workers never race on the same name.
+ *	  Layout: recent data (the last IOTPIPE_PARTITION_DAILY_DAYS days, today
+ *	  and the days ahead) has one partition per UTC day, readings_pYYYYMMDD.
+ *	  A reading whose time has no partition and is older than that gets the
+ *	  coarsest partition that overlaps none that exists and ends before the
+ *	  daily window: its year (readings_pYYYY) if the year has no partition
+ *	  at all, else its month (readings_pYYYYMM), else its day.  Years of
+ *	  history are then a few dozen partitions, not thousands: a batch of old
+ *	  data needs few new ones, and plans prune over few.
+ *
+ *	  Creation never takes a lock that readers or inserters hold: a plain
+ *	  CREATE TABLE (LIKE iotpipe.readings ...) then ALTER TABLE ... ATTACH
+ *	  PARTITION, which takes SHARE UPDATE EXCLUSIVE on iotpipe.readings
+ *	  (CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE, so one session
+ *	  idle in a transaction after a SELECT stalled every ingest behind it).
+ *	  ATTACH builds the partition's indexes from the parent's, clones its
+ *	  row triggers and checks the (empty) table against the bound; the table
+ *	  gets the parent's columns, defaults, CHECK constraints, storage and
+ *	  compression, and its tablespace when it has one.  Creation runs as the
+ *	  owner of iotpipe.readings and is serialized by the extension's own
+ *	  lock (locks.c), which no SQL role can take.
+ *
+ *	  The launcher makes the daily partitions ahead (iotpipe_create_
+ *	  partitions_range, lock_timeout and retry).  The ingest core asks, per
+ *	  reading, for a partition covering its ts (iotpipe_partcheck): almost
+ *	  always the one the previous reading was in.  When one must be made,
+ *	  that happens in a subtransaction with a short lock wait; at most
+ *	  IOTPIPE_PARTITION_MAX_NEW are made per transaction.  A reading whose
+ *	  partition cannot be made now (the cap, a lock wait that timed out)
+ *	  gets a reason starting with "held: ": the caller keeps it in
+ *	  iotpipe.dead_letters and the launcher ingests it again later.
  *
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
+#include "locks.h"
 #include "partition.h"
 
+#include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "commands/tablespace.h"
 #include "executor/spi.h"
-#include "miscadmin.h"
-#include "storage/lmgr.h"
-#include "storage/lock.h"
-#include "utils/builtins.h"
-#include "utils/datetime.h"
-#include "utils/inval.h"
-#include "utils/lsyscache.h"
-#include "utils/date.h"
-#include "utils/syscache.h"
-#include "catalog/pg_class.h"
-#include "access/htup_details.h"
 #include "fmgr.h"
+#include "miscadmin.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/datetime.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/partcache.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/timestamp.h"
 
-#define PARTITION_LOCK_KEY 0x696f7470	/* 'iotp' */
+/* how long creation waits for a lock: ingest, and the launcher/SQL callers */
+#define INGEST_LOCK_WAIT_MS 1000
+#define UPKEEP_LOCK_WAIT_MS 1000
+
+typedef struct PartSpec
+{
+	TimestampTz from;
+	TimestampTz to;
+	char		name[NAMEDATALEN];
+} PartSpec;
+
+struct IotPartCheck
+{
+	Oid			parent;			/* iotpipe.readings, locked, not kept open */
+	bool		valid;			/* [lo, hi) is covered by one partition */
+	TimestampTz lo;
+	TimestampTz hi;
+	int32		horizon_day;	/* older than this: coarse partitions */
+};
+
+/* partitions made in the current transaction by the ingest path */
+static LocalTransactionId made_lxid = InvalidLocalTransactionId;
+static int	made_in_xact = 0;
+static bool gave_up_in_xact = false;
 
 int32
 iotpipe_ts_day(TimestampTz ts)
@@ -43,97 +96,184 @@ iotpipe_ts_day(TimestampTz ts)
 	return (int32) d;
 }
 
-static void
-partition_name(int32 day, char *buf, size_t len)
+static inline TimestampTz
+day_start(int32 day)
 {
-	int			y,
-				m,
-				d;
-
-	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	snprintf(buf, len, "readings_p%04d%02d%02d", y, m, d);
+	return (TimestampTz) day * USECS_PER_DAY;
 }
 
-static bool
-partition_exists(Oid nsp, int32 day)
+static inline int32
+ymd_day(int y, int m, int d)
 {
-	char		name[NAMEDATALEN];
+	return date2j(y, m, d) - POSTGRES_EPOCH_JDATE;
+}
 
-	partition_name(day, name, sizeof(name));
-	return OidIsValid(get_relname_relid(name, nsp));
+static void
+format_ts(TimestampTz t, char *buf, size_t len)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+		elog(ERROR, "timestamp out of range");
+	snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d.%06d+00",
+			 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+}
+
+/* the value of range bound i (MINVALUE/MAXVALUE as -/+ infinity) */
+static TimestampTz
+bound_value(PartitionBoundInfo bi, int i)
+{
+	if (bi->kind != NULL && bi->kind[i][0] == PARTITION_RANGE_DATUM_MINVALUE)
+		return DT_NOBEGIN;
+	if (bi->kind != NULL && bi->kind[i][0] == PARTITION_RANGE_DATUM_MAXVALUE)
+		return DT_NOEND;
+	return DatumGetTimestampTz(bi->datums[i][0]);
 }
 
 /*
- * Create the missing partitions for from_day..to_day (days since
- * 2000-01-01).  Returns how many were created.
+ * Does a partition of parent take a row with ts t?  Fills [lo, hi): the
+ * partition's range, or the gap around t.  A default partition takes
+ * everything (nothing is ever made then); a table partitioned otherwise
+ * than by one range key is left to PostgreSQL's routing.
  */
-int
-iotpipe_create_partitions_range(int32 from_day, int32 to_day)
+static bool
+find_segment_rel(Relation parent, TimestampTz t, TimestampTz *lo, TimestampTz *hi)
 {
-	Oid			nsp = get_namespace_oid("iotpipe", false);
-	Oid			parent = get_relname_relid("readings", nsp);
-	Oid			owner;
+	PartitionDesc pd = RelationGetPartitionDesc(parent, true);
+	PartitionBoundInfo bi = pd->boundinfo;
+	int			a = 0,
+				b;
+
+	*lo = DT_NOBEGIN;
+	*hi = DT_NOEND;
+	if (pd->nparts == 0 || bi == NULL)
+		return false;
+	if (bi->strategy != PARTITION_STRATEGY_RANGE ||
+		RelationGetPartitionKey(parent)->partnatts != 1 ||
+		partition_bound_has_default(bi))
+		return true;
+	/* the first bound above t */
+	b = bi->ndatums;
+	while (a < b)
+	{
+		int			m = (a + b) / 2;
+
+		if (bound_value(bi, m) <= t)
+			a = m + 1;
+		else
+			b = m;
+	}
+	if (a > 0)
+		*lo = bound_value(bi, a - 1);
+	if (a < bi->ndatums)
+		*hi = bound_value(bi, a);
+	return bi->indexes[a] >= 0;
+}
+
+/*
+ * The same for iotpipe.readings by OID, already locked by the caller.  The
+ * relation is not kept open: ATTACH PARTITION refuses a table that the
+ * session itself has open.
+ */
+static bool
+find_segment(Oid parent, TimestampTz t, TimestampTz *lo, TimestampTz *hi)
+{
+	Relation	rel = relation_open(parent, NoLock);
+	bool		covered = find_segment_rel(rel, t, lo, hi);
+
+	relation_close(rel, NoLock);
+	return covered;
+}
+
+/*
+ * The partition to make for a reading at t in the gap [lo, hi): a year, a
+ * month or a day (see the top of the file); a day clipped to the gap when
+ * someone else's partition covers part of it.
+ */
+static void
+choose_spec(TimestampTz t, TimestampTz lo, TimestampTz hi, int32 horizon_day, PartSpec *s)
+{
+	int32		day = iotpipe_ts_day(t);
+	int			y,
+				m,
+				d;
+	int32		a,
+				b;
+
+	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+
+	a = ymd_day(y, 1, 1);
+	b = ymd_day(y + 1, 1, 1);
+	if (b <= horizon_day && day_start(a) >= lo && day_start(b) <= hi)
+	{
+		s->from = day_start(a);
+		s->to = day_start(b);
+		snprintf(s->name, sizeof(s->name), "readings_p%04d", y);
+		return;
+	}
+	a = ymd_day(y, m, 1);
+	b = (m == 12) ? ymd_day(y + 1, 1, 1) : ymd_day(y, m + 1, 1);
+	if (b <= horizon_day && day_start(a) >= lo && day_start(b) <= hi)
+	{
+		s->from = day_start(a);
+		s->to = day_start(b);
+		snprintf(s->name, sizeof(s->name), "readings_p%04d%02d", y, m);
+		return;
+	}
+	s->from = Max(lo, day_start(day));
+	s->to = Min(hi, day_start(day + 1));
+	if (s->from == day_start(day) && s->to == day_start(day + 1))
+		snprintf(s->name, sizeof(s->name), "readings_p%04d%02d%02d", y, m, d);
+	else
+		snprintf(s->name, sizeof(s->name), "readings_p%04d%02d%02d_%011lld", y, m, d,
+				 (long long) (s->from - day_start(day)));
+}
+
+/* CREATE TABLE (LIKE) + ATTACH PARTITION, as the owner of iotpipe.readings */
+static void
+create_spec(Oid parent, const PartSpec *s, int lock_wait_ms)
+{
+	Relation	rel = relation_open(parent, NoLock);
+	Oid			owner = rel->rd_rel->relowner;
+	Oid			spc = rel->rd_rel->reltablespace;
 	Oid			save_userid;
 	int			save_sec;
-	int32		day;
-	int			created = 0;
-	bool		any_missing = false;
-	LOCKTAG		tag;
+	int			nest;
+	char		from[64],
+				to[64],
+				lt[32];
+	char	   *sql;
 
-	if (!OidIsValid(parent))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"iotpipe.readings\" does not exist")));
-	if (to_day - from_day > 3660)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("too many partitions requested: %d", to_day - from_day + 1),
-				 errhint("Create at most ten years of partitions at once.")));
+	relation_close(rel, NoLock);
+	format_ts(s->from, from, sizeof(from));
+	format_ts(s->to, to, sizeof(to));
 
-	for (day = from_day; day <= to_day && !any_missing; day++)
-		any_missing = !partition_exists(nsp, day);
-	if (!any_missing)
-		return 0;
-
-	/* serialize creators, then look again with fresh catalogs */
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, PARTITION_LOCK_KEY, 1);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
-	AcceptInvalidationMessages();
-
-	{
-		HeapTuple	tp = SearchSysCache1(RELOID, ObjectIdGetDatum(parent));
-
-		if (!HeapTupleIsValid(tp))
-			elog(ERROR, "cache lookup failed for relation %u", parent);
-		owner = ((Form_pg_class) GETSTRUCT(tp))->relowner;
-		ReleaseSysCache(tp);
-	}
-
+	nest = NewGUCNestLevel();
+	snprintf(lt, sizeof(lt), "%d", Max(lock_wait_ms, 1));
+	(void) set_config_option("lock_timeout", lt, PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
 	PG_TRY();
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		for (day = from_day; day <= to_day; day++)
-		{
-			char		name[NAMEDATALEN];
-			char		sql[512];
-			int			y1, m1, d1, y2, m2, d2;
-
-			if (partition_exists(nsp, day))
-				continue;
-			partition_name(day, name, sizeof(name));
-			j2date(day + POSTGRES_EPOCH_JDATE, &y1, &m1, &d1);
-			j2date(day + 1 + POSTGRES_EPOCH_JDATE, &y2, &m2, &d2);
-			snprintf(sql, sizeof(sql),
-					 "CREATE TABLE iotpipe.%s PARTITION OF iotpipe.readings "
-					 "FOR VALUES FROM ('%04d-%02d-%02d 00:00:00+00') TO ('%04d-%02d-%02d 00:00:00+00')",
-					 name, y1, m1, d1, y2, m2, d2);
-			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "could not create partition %s", name);
-			created++;
-		}
+		sql = psprintf("CREATE TABLE iotpipe.%s (LIKE iotpipe.readings INCLUDING DEFAULTS "
+					   "INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION "
+					   "INCLUDING GENERATED)%s%s",
+					   quote_identifier(s->name),
+					   OidIsValid(spc) ? " TABLESPACE " : "",
+					   OidIsValid(spc) ? quote_identifier(get_tablespace_name(spc)) : "");
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not create partition %s", s->name);
+		sql = psprintf("ALTER TABLE iotpipe.readings ATTACH PARTITION iotpipe.%s "
+					   "FOR VALUES FROM ('%s') TO ('%s')",
+					   quote_identifier(s->name), from, to);
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not attach partition %s", s->name);
 		SPI_finish();
 	}
 	PG_FINALLY();
@@ -141,21 +281,207 @@ iotpipe_create_partitions_range(int32 from_day, int32 to_day)
 		SetUserIdAndSecContext(save_userid, save_sec);
 	}
 	PG_END_TRY();
+	AtEOXact_GUC(true, nest);
+}
 
-	if (created > 0)
+/* take the creators' lock, or fail with lock_not_available */
+static void
+lock_creators(int wait_ms)
+{
+	if (!iotpipe_lock_xact(IOT_LOCK_PARTITIONS, wait_ms))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("partitions of iotpipe.readings are being created by another transaction"),
+				 errdetail("It did not finish within %d ms.", wait_ms),
+				 errhint("Try again in a moment.")));
+	/* what others made before they let go is in the catalogs now */
+	AcceptInvalidationMessages();
+}
+
+static Oid
+lock_readings(LOCKMODE mode)
+{
+	Oid			nsp = get_namespace_oid("iotpipe", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("readings", nsp) : InvalidOid;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"iotpipe.readings\" does not exist"),
+				 errhint("Is the iotpipe extension installed in this database?")));
+	LockRelationOid(relid, mode);
+	return relid;
+}
+
+/*
+ * Create the missing daily partitions for from_day..to_day (days since
+ * 2000-01-01); days some partition covers already are skipped.  For the
+ * launcher and iotpipe.create_partitions(): errors (a lock wait that timed
+ * out) are thrown.  Returns how many were created.
+ */
+int
+iotpipe_create_partitions_range(int32 from_day, int32 to_day)
+{
+	Oid			parent = lock_readings(AccessShareLock);
+	int32		day;
+	int			created = 0;
+	bool		locked = false;
+	TimestampTz lo,
+				hi;
+
+	for (day = from_day; day <= to_day; day++)
+	{
+		PartSpec	s;
+
+		if (find_segment(parent, day_start(day), &lo, &hi))
+			continue;
+		if (!locked)
+		{
+			lock_creators(UPKEEP_LOCK_WAIT_MS);
+			locked = true;
+			if (find_segment(parent, day_start(day), &lo, &hi))
+				continue;
+		}
+		choose_spec(day_start(day), lo, hi, PG_INT32_MIN, &s);
+		create_spec(parent, &s, UPKEEP_LOCK_WAIT_MS);
 		CommandCounterIncrement();
+		created++;
+	}
 	return created;
 }
 
-void
-iotpipe_ensure_partitions_for_days(int32 *days, int ndays)
-{
-	Oid			nsp = get_namespace_oid("iotpipe", false);
-	int			i;
+/* ---------- the ingest path ---------- */
 
-	for (i = 0; i < ndays; i++)
-		if (!partition_exists(nsp, days[i]))
-			iotpipe_create_partitions_range(days[i], days[i]);
+IotPartCheck *
+iotpipe_partcheck_begin(void)
+{
+	IotPartCheck *pc = palloc0(sizeof(IotPartCheck));
+
+	/* the lock the write takes next anyway */
+	pc->parent = lock_readings(RowExclusiveLock);
+	pc->horizon_day = iotpipe_ts_day(GetCurrentTimestamp()) - IOTPIPE_PARTITION_DAILY_DAYS;
+	if (made_lxid != MyProc->lxid)
+	{
+		made_lxid = MyProc->lxid;
+		made_in_xact = 0;
+		gave_up_in_xact = false;
+	}
+	return pc;
+}
+
+void
+iotpipe_partcheck_end(IotPartCheck *pc)
+{
+	pfree(pc);
+}
+
+static char *
+day_text(TimestampTz t)
+{
+	int			y,
+				m,
+				d;
+
+	j2date(iotpipe_ts_day(t) + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	return psprintf("%04d-%02d-%02d", y, m, d);
+}
+
+/* make a partition for t in a subtransaction; NULL, or why not */
+static const char *
+make_for(IotPartCheck *pc, TimestampTz t)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	const char *volatile reason = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		TimestampTz lo,
+					hi;
+
+		lock_creators(INGEST_LOCK_WAIT_MS);
+		if (!find_segment(pc->parent, t, &lo, &hi))
+		{
+			PartSpec	s;
+
+			choose_spec(t, lo, hi, pc->horizon_day, &s);
+			create_spec(pc->parent, &s, INGEST_LOCK_WAIT_MS);
+			made_in_xact++;
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		switch (e->sqlerrcode)
+		{
+			case ERRCODE_LOCK_NOT_AVAILABLE:
+				gave_up_in_xact = true;
+				/* FALLTHROUGH */
+			case ERRCODE_OBJECT_IN_USE:
+			case ERRCODE_DUPLICATE_TABLE:
+			case ERRCODE_INVALID_OBJECT_DEFINITION:
+			case ERRCODE_CHECK_VIOLATION:
+				reason = psprintf("held: the partition of iotpipe.readings for %s could not be made now (%s); "
+								  "the launcher ingests this reading again",
+								  day_text(t), e->message);
+				break;
+			default:
+				ReThrowError(e);
+		}
+	}
+	PG_END_TRY();
+	CommandCounterIncrement();
+	return reason;
+}
+
+/*
+ * NULL when a partition takes a reading with ts t (made now if need be),
+ * else the reason it is held ("held: ...").
+ */
+const char *
+iotpipe_partcheck(IotPartCheck *pc, TimestampTz t)
+{
+	TimestampTz lo,
+				hi;
+	const char *reason;
+
+	if (pc->valid && t >= pc->lo && t < pc->hi)
+		return NULL;
+	if (find_segment(pc->parent, t, &lo, &hi))
+	{
+		pc->valid = true;
+		pc->lo = lo;
+		pc->hi = hi;
+		return NULL;
+	}
+	if (made_in_xact >= IOTPIPE_PARTITION_MAX_NEW)
+		return psprintf("held: no partition of iotpipe.readings for %s yet, and this transaction "
+						"made the %d new partitions it may; the launcher ingests this reading again",
+						day_text(t), IOTPIPE_PARTITION_MAX_NEW);
+	if (gave_up_in_xact)
+		return psprintf("held: no partition of iotpipe.readings for %s yet, and a lock wait for "
+						"making one timed out in this transaction; the launcher ingests this reading again",
+						day_text(t));
+	reason = make_for(pc, t);
+	if (reason == NULL && find_segment(pc->parent, t, &lo, &hi))
+	{
+		pc->valid = true;
+		pc->lo = lo;
+		pc->hi = hi;
+	}
+	return reason;
 }
 
 PG_FUNCTION_INFO_V1(iotpipe_create_partitions);
@@ -171,6 +497,11 @@ iotpipe_create_partitions(PG_FUNCTION_ARGS)
 				 errmsg("partition range must be finite")));
 	if (to < from)
 		PG_RETURN_INT32(0);
+	if ((int64) to - from + 1 > 366)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many partitions requested: %lld", (long long) to - from + 1),
+				 errhint("Create at most a year of daily partitions at once.")));
 	/* DateADT counts days since 2000-01-01, like our day numbers */
 	PG_RETURN_INT32(iotpipe_create_partitions_range(from, to));
 }

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * partition.h
- *	  Daily partitions of iotpipe.readings (partition.c).
+ *	  The partitions of iotpipe.readings (partition.c): daily for recent
+ *	  data, coarser for old data, made without blocking readers or writers.
  *
  *-------------------------------------------------------------------------
  */
@@ -11,8 +12,20 @@
 #include "iotpipe.h"
 #include "datatype/timestamp.h"
 
-extern void iotpipe_ensure_partitions_for_days(int32 *days, int ndays);
+/* days before today that get daily partitions; older data gets coarser ones */
+#define IOTPIPE_PARTITION_DAILY_DAYS 31
+/* new partitions one transaction of the ingest path may make */
+#define IOTPIPE_PARTITION_MAX_NEW 16
+
+/* the daily partitions for from_day..to_day (days since 2000-01-01) */
 extern int	iotpipe_create_partitions_range(int32 from_day, int32 to_day);
 extern int32 iotpipe_ts_day(TimestampTz ts);
+
+/* the ingest path: is there (or can there be now) a partition for ts? */
+typedef struct IotPartCheck IotPartCheck;
+extern IotPartCheck *iotpipe_partcheck_begin(void);
+/* NULL when a partition takes ts, else the reason the reading is held */
+extern const char *iotpipe_partcheck(IotPartCheck *pc, TimestampTz ts);
+extern void iotpipe_partcheck_end(IotPartCheck *pc);
 
 #endif							/* IOTPIPE_PARTITION_H */

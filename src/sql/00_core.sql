@@ -30,9 +30,10 @@ $roles$;
 GRANT USAGE ON SCHEMA iotpipe TO iotpipe_operator, iotpipe_admin;
 
 ------------------------------------------------------------------------------
--- Raw readings: append-only, range-partitioned by event time, one partition
--- per UTC day (iotpipe.readings_pYYYYMMDD), created ahead by the launcher and
--- on demand by the ingest core.
+-- Raw readings: append-only, range-partitioned by event time (UTC): one
+-- partition per day for recent data (iotpipe.readings_pYYYYMMDD), created
+-- ahead by the launcher and on demand by the ingest core, and a month
+-- (readings_pYYYYMM) or a year (readings_pYYYY) for old data (partition.c).
 ------------------------------------------------------------------------------
 CREATE TABLE iotpipe.readings (
     sensor_id   text COLLATE "C" NOT NULL,  -- identifiers: byte order, fast comparisons
@@ -46,7 +47,7 @@ CREATE TABLE iotpipe.readings (
     ingest_xid  xid8        NOT NULL DEFAULT pg_current_xact_id()
 ) PARTITION BY RANGE (ts);
 CREATE INDEX readings_sensor_ts_idx ON iotpipe.readings (sensor_id, ts);
-COMMENT ON TABLE iotpipe.readings IS 'raw accepted readings, partitioned by UTC day of ts, append-only';
+COMMENT ON TABLE iotpipe.readings IS 'raw accepted readings, partitioned by ts (UTC days; months or years for old data), append-only';
 
 CREATE TABLE iotpipe.sensors (
     sensor_id        text COLLATE "C" PRIMARY KEY,
@@ -71,6 +72,9 @@ CREATE TABLE iotpipe.dead_letters (
     error       text NOT NULL
 );
 CREATE INDEX dead_letters_received_at_idx ON iotpipe.dead_letters (received_at);
+-- readings held for want of a partition, which the launcher ingests again
+CREATE INDEX dead_letters_held_idx ON iotpipe.dead_letters (id)
+    WHERE pg_catalog.starts_with(error, 'held: ');
 COMMENT ON TABLE iotpipe.dead_letters IS 'every rejected message with its exact raw bytes and the reason';
 
 ------------------------------------------------------------------------------

@@ -231,6 +231,13 @@ CREATE FUNCTION iotpipe._etl_emit(full_load bool,
     LANGUAGE c VOLATILE STRICT
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'iotpipe_etl_emit';
+-- The ETL's lock until the end of the transaction (C, locks.c): a lock tag
+-- no pg_advisory_* call can take, waited for at most iotpipe.etl_lock_timeout,
+-- then "another run_etl is in progress".
+CREATE FUNCTION iotpipe._etl_lock() RETURNS void
+    LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'iotpipe_etl_lock';
 
 ------------------------------------------------------------------------------
 -- The ETL
@@ -517,8 +524,11 @@ BEGIN
           JOIN pg_index ix ON ix.indexrelid = pi.inhrelid
           JOIN pg_class t ON t.oid = ix.indrelid
          WHERE pi.inhparent = 'iotpipe.readings_ingest_xid_brin'::regclass
-           AND t.relname BETWEEN 'readings_p' || to_char(run.window_start, 'YYYYMMDD')
-                             AND 'readings_p' || to_char(run.window_end, 'YYYYMMDD')
+           -- readings_pYYYYMMDD, readings_pYYYYMM, readings_pYYYY overlapping the window
+           AND t.relname LIKE 'readings\_p%'
+           AND substring(t.relname FROM 11)
+               BETWEEN left(to_char(run.window_start, 'YYYYMMDD'), length(t.relname) - 10)
+                   AND left(to_char(run.window_end, 'YYYYMMDD'), length(t.relname) - 10)
     LOOP
         BEGIN
             EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE NOWAIT', part.tab);
@@ -558,8 +568,9 @@ BEGIN
             DETAIL = 'Its snapshot must be taken after it holds the ETL lock, so that it sees the previous run.',
             HINT = 'Call it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.';
     END IF;
-    -- one run at a time; a second caller waits, then runs on what is new
-    PERFORM pg_advisory_xact_lock(7597124726873653297);  -- 'iotpipe.etl'
+    -- one run at a time; a second caller waits (iotpipe.etl_lock_timeout at
+    -- most), then runs on what is new
+    PERFORM iotpipe._etl_lock();
     -- the snapshot is taken by this statement, after the lock: the previous
     -- run has committed and is visible
     INSERT INTO iotpipe.etl_runs (status, until, snapshot, watermark)
@@ -605,7 +616,7 @@ CREATE FUNCTION iotpipe.reset_warehouse() RETURNS void
 AS
 $$
 BEGIN
-    PERFORM pg_advisory_xact_lock(7597124726873653297);
+    PERFORM iotpipe._etl_lock();
     TRUNCATE iotpipe_dw.fact_reading, iotpipe_dw.fact_sensor_hourly, iotpipe_dw.fact_sensor_daily,
              iotpipe_dw.dim_sensor, iotpipe_dw.dim_date, iotpipe.etl_runs, iotpipe.etl_pending
        RESTART IDENTITY;
@@ -619,9 +630,10 @@ COMMENT ON FUNCTION iotpipe.reset_warehouse() IS
 ------------------------------------------------------------------------------
 -- Raw retention
 ------------------------------------------------------------------------------
--- Drops the daily partitions iotpipe.readings_pYYYYMMDD whose whole day is
--- older than the retention (iotpipe.raw_retention, seconds, for the launcher;
--- 0 keeps everything), but only
+-- Drops the partitions of iotpipe.readings (readings_pYYYYMMDD for a day,
+-- readings_pYYYYMM for a month, readings_pYYYY for a year) whose whole range
+-- is older than the retention (iotpipe.raw_retention, seconds, for the
+-- launcher; 0 keeps everything), but only
 -- those the ETL has fully processed: every row in them belongs to a
 -- transaction visible in the last successful run's snapshot.  A partition
 -- still written to (lock not free) is left for next time.
@@ -642,20 +654,28 @@ BEGIN
         RETURN 0;
     END IF;
     cutoff := now() - retention;
-    PERFORM pg_advisory_xact_lock(7597124726873653297);
+    PERFORM iotpipe._etl_lock();
     SELECT r.snapshot INTO last_snap FROM iotpipe.etl_runs r
      WHERE r.status = 'ok' ORDER BY r.run_id DESC LIMIT 1;
     IF last_snap IS NULL THEN
         RETURN 0;
     END IF;
     FOR p IN
-        SELECT c.oid::regclass AS rel,
-               to_date(substring(c.relname FROM '^readings_p(\d{8})$'), 'YYYYMMDD') AS day
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = 'iotpipe.readings'::regclass AND c.relname ~ '^readings_p\d{8}$'
+        SELECT b.rel,
+               CASE length(b.d)
+                   WHEN 8 THEN to_date(b.d, 'YYYYMMDD') + 1
+                   WHEN 6 THEN (to_date(b.d, 'YYYYMM') + interval '1 month')::date
+                   ELSE (to_date(b.d, 'YYYY') + interval '1 year')::date
+               END AS day_after
+          FROM (SELECT c.oid::regclass AS rel,
+                       substring(c.relname FROM '^readings_p(\d{8}|\d{6}|\d{4})$') AS d
+                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = 'iotpipe.readings'::regclass
+                   AND c.relname ~ '^readings_p(\d{8}|\d{6}|\d{4})$') b
          ORDER BY 2
     LOOP
-        EXIT WHEN (p.day + 1)::timestamp AT TIME ZONE 'UTC' > cutoff;
+        -- the whole range must be past the retention
+        EXIT WHEN p.day_after::timestamp AT TIME ZONE 'UTC' > cutoff;
         BEGIN
             EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', p.rel);
         EXCEPTION WHEN lock_not_available THEN
@@ -679,7 +699,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION iotpipe.apply_retention(interval) IS
-    'drop raw partitions whose day is older than retention and that the ETL has fully processed; returns how many';
+    'drop raw partitions whose whole range (day, month or year) is older than retention and that the ETL has fully processed; returns how many';
 
 -- what the launcher calls after each scheduled ETL run
 CREATE FUNCTION iotpipe.apply_retention() RETURNS int
@@ -707,7 +727,8 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe._etl_progress(bigint, text, timestamptz),
     iotpipe._etl_collect(text, bigint, pg_snapshot, pg_snapshot, timestamptz),
     iotpipe._etl_emit(bool),
-    iotpipe._etl_date_key(date)
+    iotpipe._etl_date_key(date),
+    iotpipe._etl_lock()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     iotpipe.run_etl(timestamptz),

@@ -30,6 +30,7 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._etl_collect(text,bigint,pg_snapshot,pg_snapshot,timestamp with time zone): (owner only)'),
     ('iotpipe._etl_date_key(date): (owner only)'),
     ('iotpipe._etl_emit(boolean): (owner only)'),
+    ('iotpipe._etl_lock(): (owner only)'),
     ('iotpipe._etl_progress(bigint,text,timestamp with time zone): (owner only)'),
     ('iotpipe._alert_notify(text): iotpipe_admin'),
     ('iotpipe._alert_rules_limit(): (owner only)'),
