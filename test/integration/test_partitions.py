@@ -218,6 +218,12 @@ def test_idle_reader_does_not_stall_ingest(db, cleanup):
         t_old, out_old = ingest_timed(sensor, today)
         t_new.join(15)
         t_old.join(15)
+        assert (
+            not t_new.is_alive()
+        ), "ingest that needs a partition still waits after 15 s"
+        assert (
+            not t_old.is_alive()
+        ), "ingest into an existing partition still waits after 15 s"
         assert "error" not in out_new, out_new
         assert "error" not in out_old, out_old
         assert out_new["result"] == (1, 0) and out_old["result"] == (1, 0)
