@@ -798,6 +798,10 @@ CREATE OR REPLACE FUNCTION iotpipe.apply_retention(retention interval) RETURNS i
     LANGUAGE plpgsql
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    -- dropping a partition takes ACCESS EXCLUSIVE on iotpipe.readings: wait
+    -- for it briefly (ingest queues behind the wait), never for a reader
+    -- idle in its transaction
+    SET lock_timeout = '1s'
 AS
 $$
 DECLARE
@@ -846,7 +850,12 @@ BEGIN
             RAISE NOTICE 'iotpipe retention: % holds readings the ETL has not processed yet, kept', p.rel;
             CONTINUE;
         END IF;
-        EXECUTE format('DROP TABLE %s', p.rel);
+        BEGIN
+            EXECUTE format('DROP TABLE %s', p.rel);
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'iotpipe retention: iotpipe.readings is in use, % and older ranges kept for now', p.rel;
+            EXIT;
+        END;
         dropped := dropped + 1;
     END LOOP;
     IF dropped > 0 THEN

@@ -256,6 +256,12 @@ def test_reading_held_while_partition_lock_busy(db, cleanup):
         )
         t_new.join(15)
         t_now.join(15)
+        assert (
+            not t_new.is_alive()
+        ), "ingest that needs a partition still waits after 15 s"
+        assert (
+            not t_now.is_alive()
+        ), "ingest into an existing partition still waits after 15 s"
         assert "error" not in out_new, out_new
         assert out_new["result"] == (0, 1), out_new
         assert out_new["elapsed"] < 5, out_new
@@ -425,3 +431,61 @@ def test_run_etl_serializes(db):
 
 
 assert DB  # the suite's database (conftest)
+
+
+def test_retention_never_waits_for_an_idle_reader(db, cleanup):
+    """Dropping a partition takes ACCESS EXCLUSIVE on iotpipe.readings: with a
+    reader idle in its transaction apply_retention gives up after its short
+    lock wait (0.1.0: waits forever, and every ingest queues behind it)."""
+    sensor = "part-retention"
+    cleanup.append(sensor)
+    db.execute("SET client_min_messages = warning")
+    db.execute("SELECT iotpipe.run_etl()")
+    db.execute("DROP TABLE IF EXISTS iotpipe.readings_p19990101")
+    reader = connect(autocommit=False)
+    try:
+        reader.execute("SELECT count(*) FROM iotpipe.readings").fetchone()
+        # an empty partition the reader has not touched, long past any retention
+        db.execute(
+            "CREATE TABLE iotpipe.readings_p19990101"
+            " (LIKE iotpipe.readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+        )
+        db.execute(
+            "ALTER TABLE iotpipe.readings ATTACH PARTITION iotpipe.readings_p19990101"
+            " FOR VALUES FROM ('1999-01-01 00:00+00') TO ('1999-01-02 00:00+00')"
+        )
+
+        def retention():
+            with connect() as c:
+                c.execute("SET client_min_messages = warning")
+                c.execute("SET statement_timeout = '20s'")
+                return c.execute(
+                    "SELECT iotpipe.apply_retention(interval '20 years')"
+                ).fetchone()[0]
+
+        t_ret, out_ret = run_in_thread(retention)
+        time.sleep(0.2)  # let it queue for the table's lock
+        t_ing, out_ing = ingest_timed(
+            sensor, datetime.now(timezone.utc).replace(microsecond=0)
+        )
+        t_ret.join(15)
+        t_ing.join(15)
+        assert not t_ret.is_alive(), "apply_retention still waits after 15 s"
+        assert not t_ing.is_alive(), "ingest still waits after 15 s"
+        assert "error" not in out_ret, out_ret
+        assert "error" not in out_ing, out_ing
+        assert out_ret["elapsed"] < 5 and out_ing["result"] == (1, 0)
+        # kept for next time, not dropped under the reader
+        assert db.execute(
+            "SELECT to_regclass('iotpipe.readings_p19990101')"
+        ).fetchone()[0]
+    finally:
+        reader.close()
+    assert (
+        db.execute("SELECT iotpipe.apply_retention(interval '20 years')").fetchone()[0]
+        >= 1
+    )
+    assert (
+        db.execute("SELECT to_regclass('iotpipe.readings_p19990101')").fetchone()[0]
+        is None
+    )
