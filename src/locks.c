@@ -14,7 +14,8 @@
  *
  *	  iotpipe._etl_lock() is run_etl's, reset_warehouse's and
  *	  apply_retention's entry (EXECUTE for the owner only: those functions
- *	  are SECURITY DEFINER).
+ *	  are SECURITY DEFINER); iotpipe._alert_rules_lock() the rule-limit
+ *	  trigger's (it runs as the role changing rules: iotpipe_admin).
  *
  *-------------------------------------------------------------------------
  */
@@ -75,5 +76,23 @@ iotpipe_etl_lock(PG_FUNCTION_ARGS)
 						   "this call waited %d ms (iotpipe.etl_lock_timeout) for the one in progress.",
 						   iotpipe_etl_lock_timeout_ms),
 				 errhint("Try again when it has finished, or raise iotpipe.etl_lock_timeout.")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * iotpipe._alert_rules_lock(): serializes the enabled-rules limit check of
+ * concurrent statements (20_alerts.sql), waiting at most 10 s.
+ */
+PG_FUNCTION_INFO_V1(iotpipe_alert_rules_lock);
+Datum
+iotpipe_alert_rules_lock(PG_FUNCTION_ARGS)
+{
+	if (!iotpipe_lock_xact(IOT_LOCK_ALERT_RULES, 10000))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("another transaction is changing alert rules"),
+				 errdetail("Statements that add or enable rules check the rule limit one at a time; "
+						   "the one in progress did not commit within 10 s."),
+				 errhint("Try again when it has committed.")));
 	PG_RETURN_VOID();
 }

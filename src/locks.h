@@ -14,7 +14,8 @@
 typedef enum IotLock
 {
 	IOT_LOCK_ETL = 1,			/* run_etl, reset_warehouse, apply_retention */
-	IOT_LOCK_PARTITIONS = 2		/* creating partitions of iotpipe.readings */
+	IOT_LOCK_PARTITIONS = 2,	/* creating partitions of iotpipe.readings */
+	IOT_LOCK_ALERT_RULES = 3	/* the enabled-rules limit check */
 } IotLock;
 
 /*

@@ -866,4 +866,29 @@ END
 $$;
 COMMENT ON FUNCTION iotpipe.apply_retention(interval) IS
     'drop raw partitions whose whole range (day, month or year) is older than retention and that the ETL has fully processed; returns how many';
+-- the rule-limit check serializes on the extension's own lock too (any role
+-- could hold pg_advisory_xact_lock(hashtext('iotpipe.alert_rules_limit')))
+CREATE FUNCTION iotpipe._alert_rules_lock() RETURNS void
+    LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_rules_lock';
+REVOKE EXECUTE ON FUNCTION iotpipe._alert_rules_lock() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION iotpipe._alert_rules_lock() TO iotpipe_admin;
+CREATE OR REPLACE FUNCTION iotpipe._alert_rules_limit() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM iotpipe._alert_rules_lock();
+    SELECT count(*) INTO n FROM iotpipe.alert_rules WHERE enabled;
+    IF n > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
+            MESSAGE = format('too many enabled alert rules: %s', n),
+            DETAIL = 'At most 10000 alert rules can be enabled at a time.',
+            HINT = 'Disable or delete rules that are no longer needed, or widen the scope of a rule instead of repeating it per sensor.';
+    END IF;
+    RETURN NULL;
+END
+$$;
 -- end hardening: partitions and locks

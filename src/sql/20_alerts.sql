@@ -187,13 +187,19 @@ CREATE TRIGGER alert_rules_update BEFORE UPDATE ON iotpipe.alert_rules
 -- transaction.  Checked after each statement that adds or enables rules,
 -- serialized by a transaction lock so that concurrent statements cannot
 -- both slip under the limit.
+-- The limit check's lock (C, locks.c): a lock tag no pg_advisory_* call can
+-- take, waited for at most 10 s.
+CREATE FUNCTION iotpipe._alert_rules_lock() RETURNS void
+    LANGUAGE c VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'iotpipe_alert_rules_lock';
 CREATE FUNCTION iotpipe._alert_rules_limit() RETURNS trigger
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
 $$
 DECLARE
     n bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('iotpipe.alert_rules_limit'));
+    PERFORM iotpipe._alert_rules_lock();
     SELECT count(*) INTO n FROM iotpipe.alert_rules WHERE enabled;
     IF n > 10000 THEN
         RAISE EXCEPTION USING ERRCODE = 'program_limit_exceeded',
@@ -342,6 +348,7 @@ REVOKE EXECUTE ON FUNCTION
     iotpipe._silenced(int, text, text, timestamptz),
     iotpipe._alert_notify(text),
     iotpipe._alert_rules_limit(),
+    iotpipe._alert_rules_lock(),
     iotpipe._alert_rules_changed(),
     iotpipe._alerts_changed(),
     iotpipe._alert_rules_update()
@@ -353,7 +360,8 @@ GRANT EXECUTE ON FUNCTION
     iotpipe._alert_payload(bigint, int, text, text, text, text, text, text, text, text,
                            float8, float8, float8, timestamptz, timestamptz),
     iotpipe._silenced(int, text, text, timestamptz),
-    iotpipe._alert_notify(text)
+    iotpipe._alert_notify(text),
+    iotpipe._alert_rules_lock()
     TO iotpipe_admin;
 
 -- A new install replaces whatever rules the engines had cached.

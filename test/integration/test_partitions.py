@@ -13,7 +13,8 @@
   waited for, and lands once the lock is free.
 - test_analyst_cannot_block_etl_or_partitions: an analyst holding 0.1.0's
   advisory keys blocks neither run_etl(), partition creation nor the ETL
-  worker (0.1.0: they wait forever).
+  worker (0.1.0: they wait forever), nor (holding the rule-limit key of
+  0.2.0 before this change) adding an alert rule.
 - test_run_etl_serializes: two run_etl() still run one after the other; a
   bounded wait ends with "another run_etl is in progress".
 """
@@ -304,6 +305,8 @@ def analyst_holding_old_keys(db):
             "SELECT pg_advisory_lock((%s >> 32)::int, (%s & 4294967295)::bigint::int)",
             (ETL_KEY, ETL_KEY),
         )
+        # the rule-limit check's key (0.2.0 before this change)
+        a.execute("SELECT pg_advisory_lock(hashtext('iotpipe.alert_rules_limit'))")
         yield a
     finally:
         a.close()
@@ -340,7 +343,13 @@ def test_analyst_cannot_block_etl_or_partitions(db, analyst_holding_old_keys, cl
         ).fetchone()
         assert (acc, rej) == (1, 0)
         assert covered(db, day)
+        # adding a rule checks the rule limit under the extension's own lock
+        db.execute(
+            "INSERT INTO iotpipe.alert_rules (name, kind, metric, op, threshold, clear_threshold, severity)"
+            " VALUES ('part-analyst-rule', 'threshold', 'temperature', '>', 90, 85, 'warning')"
+        )
     finally:
+        db.execute("DELETE FROM iotpipe.alert_rules WHERE name = 'part-analyst-rule'")
         db.execute("RESET statement_timeout")
     # the scheduled ETL worker runs too
     last = db.execute(
@@ -366,7 +375,7 @@ def test_analyst_cannot_block_etl_or_partitions(db, analyst_holding_old_keys, cl
         analyst_holding_old_keys.execute(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
         ).fetchone()[0]
-        == 4
+        == 5
     )
     # and cannot take the extension's lock: no pg_advisory_* names it
     ours = db.execute(

@@ -24,6 +24,7 @@ SELECT p.oid::regprocedure::text || ': '
 SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._alert_payload(bigint,integer,text,text,text,text,text,text,text,text,double precision,double precision,double precision,timestamp with time zone,timestamp with time zone): iotpipe_admin'),
     ('iotpipe._alert_rules_changed(): (owner only)'),
+    ('iotpipe._alert_rules_lock(): iotpipe_admin'),
     ('iotpipe._alert_rules_update(): (owner only)'),
     ('iotpipe._alert_timers(timestamp with time zone): iotpipe_admin'),
     ('iotpipe._alerts_changed(): (owner only)'),
