@@ -58,6 +58,7 @@
 #include "utils/inval.h"
 #include "utils/partcache.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
@@ -72,19 +73,30 @@ typedef struct PartSpec
 	char		name[NAMEDATALEN];
 } PartSpec;
 
+typedef struct Segment
+{
+	TimestampTz lo;
+	TimestampTz hi;
+} Segment;
+
 struct IotPartCheck
 {
 	Oid			parent;			/* iotpipe.readings, locked, not kept open */
-	bool		valid;			/* [lo, hi) is covered by one partition */
-	TimestampTz lo;
-	TimestampTz hi;
+	int			last;			/* index in touched[] of the last hit, or -1 */
 	int32		horizon_day;	/* older than this: coarse partitions */
 };
 
-/* partitions made in the current transaction by the ingest path */
-static LocalTransactionId made_lxid = InvalidLocalTransactionId;
+/*
+ * What the ingest path did in the current transaction: the partitions it
+ * made, whether a lock wait timed out, and the ranges of the partitions its
+ * readings go to (each costs locks on the partition and its indexes until
+ * the end of the transaction: at most IOTPIPE_PARTITION_MAX_TOUCHED).
+ */
+static LocalTransactionId xact_lxid = InvalidLocalTransactionId;
 static int	made_in_xact = 0;
 static bool gave_up_in_xact = false;
+static Segment *touched = NULL;	/* in TopTransactionContext */
+static int	ntouched = 0;
 
 int32
 iotpipe_ts_day(TimestampTz ts)
@@ -360,11 +372,15 @@ iotpipe_partcheck_begin(void)
 	/* the lock the write takes next anyway */
 	pc->parent = lock_readings(RowExclusiveLock);
 	pc->horizon_day = iotpipe_ts_day(GetCurrentTimestamp()) - IOTPIPE_PARTITION_DAILY_DAYS;
-	if (made_lxid != MyProc->lxid)
+	pc->last = -1;
+	if (xact_lxid != MyProc->lxid || touched == NULL)
 	{
-		made_lxid = MyProc->lxid;
+		xact_lxid = MyProc->lxid;
 		made_in_xact = 0;
 		gave_up_in_xact = false;
+		touched = MemoryContextAlloc(TopTransactionContext,
+									 sizeof(Segment) * IOTPIPE_PARTITION_MAX_TOUCHED);
+		ntouched = 0;
 	}
 	return pc;
 }
@@ -446,6 +462,26 @@ make_for(IotPartCheck *pc, TimestampTz t)
 	return reason;
 }
 
+/* note the partition [lo, hi) as written to; false when the cap is reached */
+static bool
+touch(IotPartCheck *pc, TimestampTz lo, TimestampTz hi)
+{
+	if (ntouched >= IOTPIPE_PARTITION_MAX_TOUCHED)
+		return false;
+	touched[ntouched].lo = lo;
+	touched[ntouched].hi = hi;
+	pc->last = ntouched++;
+	return true;
+}
+
+static char *
+touched_reason(TimestampTz t)
+{
+	return psprintf("held: this transaction writes into %d partitions of iotpipe.readings already, "
+					"the most it may (the reading is for %s); the launcher ingests this reading again",
+					IOTPIPE_PARTITION_MAX_TOUCHED, day_text(t));
+}
+
 /*
  * NULL when a partition takes a reading with ts t (made now if need be),
  * else the reason it is held ("held: ...").
@@ -457,15 +493,17 @@ iotpipe_partcheck(IotPartCheck *pc, TimestampTz t)
 				hi;
 	const char *reason;
 
-	if (pc->valid && t >= pc->lo && t < pc->hi)
+	/* almost always: the partition of the previous reading */
+	if (pc->last >= 0 && t >= touched[pc->last].lo && t < touched[pc->last].hi)
 		return NULL;
+	for (int i = 0; i < ntouched; i++)
+		if (t >= touched[i].lo && t < touched[i].hi)
+		{
+			pc->last = i;
+			return NULL;
+		}
 	if (find_segment(pc->parent, t, &lo, &hi))
-	{
-		pc->valid = true;
-		pc->lo = lo;
-		pc->hi = hi;
-		return NULL;
-	}
+		return touch(pc, lo, hi) ? NULL : touched_reason(t);
 	if (made_in_xact >= IOTPIPE_PARTITION_MAX_NEW)
 		return psprintf("held: no partition of iotpipe.readings for %s yet, and this transaction "
 						"made the %d new partitions it may; the launcher ingests this reading again",
@@ -474,13 +512,11 @@ iotpipe_partcheck(IotPartCheck *pc, TimestampTz t)
 		return psprintf("held: no partition of iotpipe.readings for %s yet, and a lock wait for "
 						"making one timed out in this transaction; the launcher ingests this reading again",
 						day_text(t));
+	if (ntouched >= IOTPIPE_PARTITION_MAX_TOUCHED)
+		return touched_reason(t);
 	reason = make_for(pc, t);
 	if (reason == NULL && find_segment(pc->parent, t, &lo, &hi))
-	{
-		pc->valid = true;
-		pc->lo = lo;
-		pc->hi = hi;
-	}
+		(void) touch(pc, lo, hi);
 	return reason;
 }
 

@@ -16,6 +16,8 @@
 #define IOTPIPE_PARTITION_DAILY_DAYS 31
 /* new partitions one transaction of the ingest path may make */
 #define IOTPIPE_PARTITION_MAX_NEW 16
+/* partitions one transaction of the ingest path may write into */
+#define IOTPIPE_PARTITION_MAX_TOUCHED 256
 
 /* the daily partitions for from_day..to_day (days since 2000-01-01) */
 extern int	iotpipe_create_partitions_range(int32 from_day, int32 to_day);

@@ -163,7 +163,8 @@ def test_hostile_timestamps_bounded(db, cleanup):
         locks = c.execute(
             "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
         ).fetchone()[0]
-        made = partitions(c) - before
+        # made by this call: what it sees minus what everyone else sees
+        made = partitions(c) - partitions(db)
         c.commit()
     finally:
         c.close()
@@ -498,3 +499,55 @@ def test_retention_never_waits_for_an_idle_reader(db, cleanup):
         db.execute("SELECT to_regclass('iotpipe.readings_p19990101')").fetchone()[0]
         is None
     )
+
+
+def test_partitions_written_per_transaction_bounded(db, cleanup):
+    """A batch spread over many existing daily partitions writes into at
+    most 256 in one transaction (each costs locks until it ends); the rest
+    is held and ingested again by the launcher."""
+    sensor = "part-spread"
+    cleanup.append(sensor)
+    db.execute("SET client_min_messages = warning")
+    days = [
+        datetime(2011, 1, 1, 12, tzinfo=timezone.utc) + timedelta(days=i)
+        for i in range(365)
+    ]
+    # daily partitions for 2011 (a year partition left by another test goes)
+    if db.execute("SELECT to_regclass('iotpipe.readings_p2011')").fetchone()[0]:
+        assert not db.execute(
+            "SELECT EXISTS (SELECT FROM iotpipe.readings_p2011)"
+        ).fetchone()[0]
+        db.execute("DROP TABLE iotpipe.readings_p2011")
+    db.execute("SELECT iotpipe.create_partitions('2011-01-01', '2011-12-31')")
+    assert all(covered(db, d) for d in days[::30])
+    c = connect(autocommit=False)
+    try:
+        acc, rej = c.execute(
+            "SELECT accepted, rejected FROM iotpipe.ingest_json(%s)",
+            ([msg(sensor, d) for d in days],),
+        ).fetchone()
+        touched = c.execute(
+            "SELECT count(DISTINCT tableoid) FROM iotpipe.readings WHERE sensor_id = %s",
+            (sensor,),
+        ).fetchone()[0]
+        c.commit()
+    finally:
+        c.close()
+    assert acc + rej == 365 and touched <= 256 and rej >= 365 - 256, (acc, rej, touched)
+    if rej:
+        reason = db.execute(
+            "SELECT error FROM iotpipe.dead_letters WHERE starts_with(error, 'held: ')"
+            " AND convert_from(payload, 'UTF8')::jsonb ->> 'sensor_id' = %s LIMIT 1",
+            (sensor,),
+        ).fetchone()[0]
+        assert "partitions of iotpipe.readings already" in reason
+    poll(
+        lambda: held(db, sensor) == 0,
+        60,
+        0.5,
+        "the launcher to ingest the held readings",
+    )
+    assert db.execute(
+        "SELECT count(*), count(DISTINCT ts) FROM iotpipe.readings WHERE sensor_id = %s",
+        (sensor,),
+    ).fetchone() == (365, 365)
