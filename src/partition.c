@@ -98,6 +98,9 @@ static bool gave_up_in_xact = false;
 static Segment *touched = NULL;	/* in TopTransactionContext */
 static int	ntouched = 0;
 
+static void partcheck_subxact(SubXactEvent event, SubTransactionId sub,
+							  SubTransactionId parent, void *arg);
+
 int32
 iotpipe_ts_day(TimestampTz ts)
 {
@@ -367,11 +370,17 @@ iotpipe_create_partitions_range(int32 from_day, int32 to_day)
 IotPartCheck *
 iotpipe_partcheck_begin(void)
 {
+	static bool callback = false;
 	IotPartCheck *pc = palloc0(sizeof(IotPartCheck));
 
 	/* the lock the write takes next anyway */
 	pc->parent = lock_readings(RowExclusiveLock);
 	pc->horizon_day = iotpipe_ts_day(GetCurrentTimestamp()) - IOTPIPE_PARTITION_DAILY_DAYS;
+	if (!callback)
+	{
+		RegisterSubXactCallback(partcheck_subxact, NULL);
+		callback = true;
+	}
 	pc->last = -1;
 	if (xact_lxid != MyProc->lxid || touched == NULL)
 	{
@@ -462,6 +471,17 @@ make_for(IotPartCheck *pc, TimestampTz t)
 	return reason;
 }
 
+/*
+ * A subtransaction that rolls back may take partitions made in it along:
+ * forget the ranges noted (they are looked up again, and counted again).
+ */
+static void
+partcheck_subxact(SubXactEvent event, SubTransactionId sub, SubTransactionId parent, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ntouched = 0;
+}
+
 /* note the partition [lo, hi) as written to; false when the cap is reached */
 static bool
 touch(IotPartCheck *pc, TimestampTz lo, TimestampTz hi)
@@ -494,7 +514,8 @@ iotpipe_partcheck(IotPartCheck *pc, TimestampTz t)
 	const char *reason;
 
 	/* almost always: the partition of the previous reading */
-	if (pc->last >= 0 && t >= touched[pc->last].lo && t < touched[pc->last].hi)
+	if (pc->last >= 0 && pc->last < ntouched &&
+		t >= touched[pc->last].lo && t < touched[pc->last].hi)
 		return NULL;
 	for (int i = 0; i < ntouched; i++)
 		if (t >= touched[i].lo && t < touched[i].hi)

@@ -551,3 +551,39 @@ def test_partitions_written_per_transaction_bounded(db, cleanup):
         "SELECT count(*), count(DISTINCT ts) FROM iotpipe.readings WHERE sensor_id = %s",
         (sensor,),
     ).fetchone() == (365, 365)
+
+
+def test_partition_made_in_a_rolled_back_savepoint(db, cleanup):
+    """A partition made inside a savepoint that rolls back is gone: the same
+    transaction makes it again for the next reading of that day."""
+    sensor = "part-savepoint"
+    cleanup.append(sensor)
+    day = uncovered_recent_day(db)
+    c = connect(autocommit=False)
+    try:
+        c.execute("SAVEPOINT s")
+        assert (
+            c.execute(
+                "SELECT accepted FROM iotpipe.ingest_json(%s)",
+                ([msg(sensor, day, 1.0)],),
+            ).fetchone()[0]
+            == 1
+        )
+        c.execute("ROLLBACK TO SAVEPOINT s")
+        assert c.execute(
+            "SELECT accepted, rejected FROM iotpipe.ingest_json(%s)",
+            ([msg(sensor, day, 2.0)],),
+        ).fetchone() == (1, 0)
+        c.commit()
+    finally:
+        c.close()
+    assert db.execute(
+        "SELECT array_agg(temperature) FROM iotpipe.readings WHERE sensor_id = %s",
+        (sensor,),
+    ).fetchone()[0] == [2.0]
+    assert (
+        db.execute(
+            "SELECT readings_total FROM iotpipe.sensors WHERE sensor_id = %s", (sensor,)
+        ).fetchone()[0]
+        == 1
+    )
