@@ -14,7 +14,10 @@
  *	    1. the installed extension must match the library
  *	       (iotpipe_version_ok): if it is missing or older, stop every
  *	       worker, read no iotpipe table, state "waiting" with the reason;
- *	       checked again every pass, so CREATE / ALTER EXTENSION resume it
+ *	       checked again every pass, so CREATE / ALTER EXTENSION resume it;
+ *	       the same while a restore into the database runs (the session
+ *	       noted in iotpipe.restore_sessions, or application_name
+ *	       pg_restore): "waiting" until it ends
  *	    2. partition upkeep (every minute): yesterday .. today + premake
  *	    3. desired workers: the simulator row, each enabled Kafka source x
  *	       its worker count; each with the generation of its settings
@@ -99,6 +102,7 @@ iotpipe_launcher_register(void)
 typedef struct PassState
 {
 	bool		version_ok;
+	bool		restoring;		/* a restore into this database runs */
 	char		detail[IOTPIPE_ERRLEN];	/* why not, for the status row */
 	DesiredWorker *desired;
 	int			ndesired;
@@ -135,10 +139,42 @@ read_desired(void *arg)
 	uint64		i;
 
 	ps->ndesired = 0;
+	ps->restoring = false;
 	/* a missing or older extension: read no iotpipe table */
 	ps->version_ok = iotpipe_version_ok(ps->detail, sizeof(ps->detail));
 	if (!ps->version_ok)
 		return;
+
+	/*
+	 * A restore into this database (60_backup.sql): no partition, no worker
+	 * until it ends, so that its partitions, offsets and positions go in
+	 * as dumped.
+	 */
+	{
+		char		sql[1024];
+
+		snprintf(sql, sizeof(sql),
+				 "SELECT a.pid FROM pg_catalog.pg_stat_activity a "
+				 "WHERE a.datid OPERATOR(pg_catalog.=) %u::pg_catalog.oid "
+				 "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() "
+				 "AND (a.application_name OPERATOR(pg_catalog.=) 'pg_restore' "
+				 "     OR EXISTS (SELECT FROM iotpipe.restore_sessions r "
+				 "                 WHERE r.pid OPERATOR(pg_catalog.=) a.pid "
+				 "                   AND r.backend_start OPERATOR(pg_catalog.=) a.backend_start)) "
+				 "ORDER BY a.pid LIMIT 1", MyDatabaseId);
+		ret = SPI_execute(sql, true, 1);
+		if (ret == SPI_OK_SELECT && SPI_processed == 1)
+		{
+			bool		isnull;
+			int			pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+
+			ps->restoring = true;
+			snprintf(ps->detail, sizeof(ps->detail),
+					 "a restore is running (pid %d): no partition upkeep and no workers until it ends", pid);
+			return;
+		}
+	}
 
 	ret = SPI_execute("SELECT s.generation FROM iotpipe.simulator s WHERE s.enabled", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
@@ -491,9 +527,12 @@ iotpipe_launcher_main(Datum arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (!ps.version_ok)
+			if (!ps.version_ok || ps.restoring)
 			{
-				/* no extension, or an older one: nothing runs until it matches */
+				/*
+				 * no extension, or an older one: nothing runs until it
+				 * matches; a restore: nothing runs until it ends
+				 */
 				iotpipe_set_state(IOT_STATE_WAITING, ps.detail);
 				stop_all_workers();
 				was_ok = false;

@@ -37,6 +37,7 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._require_worker_database(): iotpipe_admin'),
     ('iotpipe._run_etl(iotpipe.etl_runs): (owner only)'),
     ('iotpipe._silenced(integer,text,text,timestamp with time zone): iotpipe_admin'),
+    ('iotpipe._simulator_singleton(): (owner only)'),
     ('iotpipe._wake_launcher(): iotpipe_admin'),
     ('iotpipe.ack_alert(bigint,text): iotpipe_admin iotpipe_operator'),
     ('iotpipe.apply_retention(): iotpipe_admin'),
