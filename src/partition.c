@@ -66,23 +66,31 @@ partition_name(int32 day, char *buf, size_t len)
 /*
  * The indexes every partition has (the ETL reads the BRIN one by its name,
  * iotpipe._run_etl).  The names are the ones PostgreSQL chose when 0.1.0
- * cloned them from partitioned indexes.
+ * cloned them from partitioned indexes; under 0.1.0's SQL (partitioned
+ * indexes, before ALTER EXTENSION UPDATE) the clones are there already.
  */
 static void
-partition_create_indexes(const char *name)
+partition_create_indexes(Oid nsp, const char *name)
 {
-	char		sql[512];
+	static const char *const suffix[2] = {"sensor_id_ts_idx", "ingest_xid_idx"};
+	static const char *const def[2] = {
+		"(sensor_id, ts)",
+		"USING brin (((ingest_xid::pg_catalog.text)::pg_catalog.int8)) WITH (pages_per_range = 32)"
+	};
+	int			i;
 
-	snprintf(sql, sizeof(sql),
-			 "CREATE INDEX %s_sensor_id_ts_idx ON iotpipe.%s (sensor_id, ts)", name, name);
-	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not index partition %s", name);
-	snprintf(sql, sizeof(sql),
-			 "CREATE INDEX %s_ingest_xid_idx ON iotpipe.%s USING brin "
-			 "(((ingest_xid::pg_catalog.text)::pg_catalog.int8)) WITH (pages_per_range = 32)",
-			 name, name);
-	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
-		elog(ERROR, "could not index partition %s", name);
+	for (i = 0; i < 2; i++)
+	{
+		char		idx[NAMEDATALEN * 2];
+		char		sql[512];
+
+		snprintf(idx, sizeof(idx), "%s_%s", name, suffix[i]);
+		if (OidIsValid(get_relname_relid(idx, nsp)))
+			continue;
+		snprintf(sql, sizeof(sql), "CREATE INDEX %s ON iotpipe.%s %s", idx, name, def[i]);
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not index partition %s", name);
+	}
 }
 
 static bool
@@ -163,7 +171,8 @@ iotpipe_create_partitions_range(int32 from_day, int32 to_day)
 					 name, y1, m1, d1, y2, m2, d2);
 			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "could not create partition %s", name);
-			partition_create_indexes(name);
+			CommandCounterIncrement();
+			partition_create_indexes(nsp, name);
 			created++;
 		}
 		SPI_finish();
