@@ -147,34 +147,41 @@ read_desired(void *arg)
 
 	/*
 	 * A restore into this database (60_backup.sql): no partition, no worker
-	 * until it ends, so that its partitions, offsets and positions go in
-	 * as dumped.
+	 * until it has ended and iotpipe._restore_finish() has set the ETL's
+	 * watermark, so that its partitions, offsets and positions go in as
+	 * dumped and nothing is ingested before the watermark is this server's.
 	 */
+	ret = SPI_execute("SELECT iotpipe._restore_running()", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
-		char		sql[1024];
+		bool		isnull;
+		int			pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
 
-		snprintf(sql, sizeof(sql),
-				 "SELECT a.pid FROM pg_catalog.pg_stat_activity a "
-				 "WHERE a.datid OPERATOR(pg_catalog.=) %u::pg_catalog.oid "
-				 "AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() "
-				 "AND (a.application_name OPERATOR(pg_catalog.=) 'pg_restore' "
-				 "     OR EXISTS (SELECT FROM iotpipe.restore_sessions r "
-				 "                 WHERE r.pid OPERATOR(pg_catalog.=) a.pid "
-				 "                   AND r.backend_start OPERATOR(pg_catalog.=) a.backend_start)) "
-				 "ORDER BY a.pid LIMIT 1", MyDatabaseId);
-		ret = SPI_execute(sql, true, 1);
-		if (ret == SPI_OK_SELECT && SPI_processed == 1)
+		if (!isnull)
 		{
-			bool		isnull;
-			int			pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1, &isnull));
-
 			ps->restoring = true;
 			snprintf(ps->detail, sizeof(ps->detail),
 					 "a restore is running (pid %d): no partition upkeep and no workers until it ends", pid);
 			return;
 		}
 	}
+	/* once after a restore (a no-op otherwise); a lock wait is retried next pass */
+	SPI_execute("SET LOCAL lock_timeout = 1000", false, 0);
+	ret = SPI_execute("SELECT iotpipe._restore_finish()", false, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		{
+			ps->restoring = true;
+			strlcpy(ps->detail, "a restore is running: no partition upkeep and no workers until it ends",
+					sizeof(ps->detail));
+			return;
+		}
+	}
+	SPI_execute("SET LOCAL lock_timeout TO DEFAULT", false, 0);
 
 	ret = SPI_execute("SELECT s.generation FROM iotpipe.simulator s WHERE s.enabled", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)

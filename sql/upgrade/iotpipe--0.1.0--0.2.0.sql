@@ -732,6 +732,75 @@ BEGIN
 END
 $$;
 
+-- run_etl sets this server's watermark first after a restore
+CREATE OR REPLACE FUNCTION iotpipe.run_etl(until timestamptz DEFAULT NULL) RETURNS iotpipe.etl_runs
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    -- the readings are held by src/etl.c, not by executor sorts; work_mem
+    -- serves the daily roll-up of a full load (one group per sensor-day)
+    SET work_mem = '64MB'
+    -- a full load builds the fact indexes once: sort them in memory;
+    -- change with ALTER FUNCTION ... SET
+    SET maintenance_work_mem = '1GB'
+AS
+$$
+DECLARE
+    run  iotpipe.etl_runs;
+    res  iotpipe.etl_runs;
+    msg  text;
+    det  text;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_transaction_state',
+            MESSAGE = 'iotpipe.run_etl() must run at isolation level read committed',
+            DETAIL = 'Its snapshot must be taken after it holds the ETL lock, so that it sees the previous run.',
+            HINT = 'Call it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.';
+    END IF;
+    -- one run at a time; a second caller waits, then runs on what is new
+    PERFORM pg_advisory_xact_lock(7597124726873653297);  -- 'iotpipe.etl'
+    -- after a restore: this server's watermark first (60_backup.sql)
+    IF NOT iotpipe._restore_finish() THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = 'a restore into this database is running',
+            DETAIL = format('Session %s is restoring this database; the warehouse waits for it to end.',
+                            iotpipe._restore_running()),
+            HINT = 'Run iotpipe.run_etl() when the restore has finished.';
+    END IF;
+    -- the snapshot is taken by this statement, after the lock: the previous
+    -- run has committed and is visible
+    INSERT INTO iotpipe.etl_runs (status, until, snapshot, watermark)
+    VALUES ('running', until, pg_current_snapshot(), pg_snapshot_xmin(pg_current_snapshot()))
+    RETURNING * INTO run;
+    BEGIN
+        res := iotpipe._run_etl(run);
+        res.status := 'ok';
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_CONTEXT;
+        res := run;
+        res.status := 'failed';
+        res.error := msg;
+        RAISE WARNING 'iotpipe etl run % failed: %', run.run_id, msg
+            USING DETAIL = 'Nothing of it was kept; the next run takes the same readings again.';
+    END;
+    res.finished_at := clock_timestamp();
+    res.duration := res.finished_at - res.started_at;
+    UPDATE iotpipe.etl_runs r
+       SET status = res.status, finished_at = res.finished_at, duration = res.duration,
+           window_start = res.window_start, window_end = res.window_end,
+           rows_read = res.rows_read, rows_deferred = res.rows_deferred,
+           rows_written = res.rows_written, hours_refreshed = res.hours_refreshed,
+           days_refreshed = res.days_refreshed, sensor_versions = res.sensor_versions,
+           error = res.error
+     WHERE r.run_id = run.run_id
+    RETURNING * INTO res;
+    RAISE NOTICE 'iotpipe etl run %: % in % s, % rows read, % written, % hours refreshed',
+        res.run_id, res.status, round(extract(epoch FROM res.duration)::numeric, 3),
+        res.rows_read, res.rows_written, res.hours_refreshed;
+    RETURN res;
+END
+$$;
+
 ------------------------------------------------------------------------------
 -- Restores in progress: the launcher waits for them
 ------------------------------------------------------------------------------
@@ -747,11 +816,84 @@ CREATE TABLE iotpipe.restore_sessions (
     pid           int NOT NULL,
     backend_start timestamptz NOT NULL,
     noted_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,              -- iotpipe._restore_finish() ran
     PRIMARY KEY (pid, backend_start)
 );
 COMMENT ON TABLE iotpipe.restore_sessions IS
     'sessions that created the extension as a restore does; the launcher waits until they end';
 -- (ALTER EXTENSION UPDATE is no restore: nothing to note)
+
+-- The pid of a restore session still connected to this database, or NULL.
+CREATE FUNCTION iotpipe._restore_running() RETURNS int LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS
+$$
+    SELECT a.pid FROM pg_catalog.pg_stat_activity a
+     WHERE a.datid OPERATOR(pg_catalog.=)
+           (SELECT d.oid FROM pg_catalog.pg_database d
+             WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+       AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+       AND (a.application_name OPERATOR(pg_catalog.=) 'pg_restore'
+            OR EXISTS (SELECT FROM iotpipe.restore_sessions r
+                        WHERE r.pid OPERATOR(pg_catalog.=) a.pid
+                          AND r.backend_start OPERATOR(pg_catalog.=) a.backend_start))
+     ORDER BY a.pid LIMIT 1
+$$;
+
+-- After a restore, before anything is ingested here: the ETL's watermark
+-- (etl_runs.snapshot against readings.ingest_xid) counts transactions of the
+-- server the dump came from.  On another server those numbers mean nothing
+-- (its counter may be far behind, so that no later reading would ever look
+-- new).  So: the restored readings that the source's ETL had not taken in
+-- yet are held in iotpipe.etl_pending for the next run; restored readings
+-- whose ingest_xid this server has not reached are set to 3 (a transaction
+-- long past, "processed"); a run row with this server's snapshot becomes the
+-- watermark.  On the same server nothing needs to change but the pending
+-- rows and the new watermark, which are exact there too.  Run once, by the
+-- launcher before it starts any worker, by run_etl() and by the first SQL
+-- entry point of each session; true when done (also when there was nothing
+-- to do), false while a restore still runs.
+CREATE FUNCTION iotpipe._restore_finish() RETURNS bool LANGUAGE plpgsql
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+    last_snap pg_snapshot;
+    cur       pg_snapshot;
+BEGIN
+    IF NOT EXISTS (SELECT FROM iotpipe.restore_sessions r WHERE r.finished_at IS NULL) THEN
+        RETURN true;
+    END IF;
+    IF iotpipe._restore_running() IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    -- one at a time, with the ETL; no ingest meanwhile
+    PERFORM pg_advisory_xact_lock(7597124726873653297);  -- run_etl's
+    LOCK TABLE iotpipe.readings IN SHARE MODE;
+    IF NOT EXISTS (SELECT FROM iotpipe.restore_sessions r WHERE r.finished_at IS NULL) THEN
+        RETURN true;
+    END IF;
+    SELECT r.snapshot INTO last_snap FROM iotpipe.etl_runs r
+     WHERE r.status = 'ok' ORDER BY r.run_id DESC LIMIT 1;
+    cur := pg_current_snapshot();
+    IF last_snap IS NOT NULL THEN
+        INSERT INTO iotpipe.etl_pending
+        SELECT r.sensor_id, r.ts, r.temperature, r.humidity, r.location, r.ingest_xid, r.ctid
+          FROM iotpipe.readings r
+         WHERE NOT pg_visible_in_snapshot(r.ingest_xid, last_snap);
+    END IF;
+    UPDATE iotpipe.readings r SET ingest_xid = '3'
+     WHERE NOT pg_visible_in_snapshot(r.ingest_xid, cur);
+    IF last_snap IS NOT NULL THEN
+        INSERT INTO iotpipe.etl_runs (status, snapshot, watermark, finished_at, duration, error)
+        VALUES ('ok', cur, pg_snapshot_xmin(cur), clock_timestamp(), interval '0',
+                'not a run: the watermark after a restore');
+    END IF;
+    UPDATE iotpipe.restore_sessions r SET finished_at = now() WHERE r.finished_at IS NULL;
+    RETURN true;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION iotpipe._restore_running(), iotpipe._restore_finish() FROM PUBLIC;
+-- the SQL entry points (admin functions) call it as their caller
+GRANT EXECUTE ON FUNCTION iotpipe._restore_finish() TO iotpipe_admin;
 
 ------------------------------------------------------------------------------
 -- The simulator's one row

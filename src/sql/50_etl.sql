@@ -562,6 +562,14 @@ BEGIN
     END IF;
     -- one run at a time; a second caller waits, then runs on what is new
     PERFORM pg_advisory_xact_lock(7597124726873653297);  -- 'iotpipe.etl'
+    -- after a restore: this server's watermark first (60_backup.sql)
+    IF NOT iotpipe._restore_finish() THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = 'a restore into this database is running',
+            DETAIL = format('Session %s is restoring this database; the warehouse waits for it to end.',
+                            iotpipe._restore_running()),
+            HINT = 'Run iotpipe.run_etl() when the restore has finished.';
+    END IF;
     -- the snapshot is taken by this statement, after the lock: the previous
     -- run has committed and is visible
     INSERT INTO iotpipe.etl_runs (status, until, snapshot, watermark)

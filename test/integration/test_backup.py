@@ -13,10 +13,13 @@ etl_pending.  Then:
   and every sequence equal the source's; the copy works (ingest_json, an
   alert, run_etl with the held-back rows, new ids after the restored ones).
 - a plain dump through psql (ON_ERROR_STOP) restores the same rows.
-- ``pg_restore`` into a second cluster whose ``iotpipe.database`` is the
-  restore target: the launcher waits while the restore runs, then the
-  restored Kafka source resumes at its restored offsets: every message
-  produced after the dump arrives exactly once, none before it twice.
+- the plain dump through one psql session into a second cluster whose
+  ``iotpipe.database`` is the restore target, its transaction counter far
+  behind the first's: the launcher waits while the restore runs (and makes
+  no partition of its own), then the restored Kafka source resumes at its
+  restored offsets (every message produced after the dump arrives exactly
+  once, none before it twice), and run_etl() takes in exactly the readings
+  the source's ETL had not seen and every new one, each once.
 
 On 0.1.0 pg_restore exits 1 with 2 errors per partition (``relation
 "readings_pYYYYMMDD_sensor_id_ts_idx" already exists``) and the copy has no
@@ -209,6 +212,9 @@ def filled(kafka):
             """UPDATE iotpipe.simulator SET sensors = 7, rate = 12.5, seed = 42,
                       start_ts = '2026-11-01 00:00+00', position = 1234, generation = generation + 1"""
         )
+        # this server's transaction counter well ahead of the second cluster's
+        for _ in range(5000):
+            c.execute("SELECT pg_current_xact_id()")
         # the warehouse, then readings held back by run_etl(until)
         assert c.execute("SELECT status FROM iotpipe.run_etl()").fetchone()[0] == "ok"
         c.execute(
@@ -226,6 +232,11 @@ def filled(kafka):
                 "SELECT count(*) FROM iotpipe.etl_pending WHERE sensor_id LIKE 'bk-%'"
             ).fetchone()[0]
             >= 1
+        )
+        # a reading no ETL run has seen yet
+        c.execute(
+            "SELECT * FROM iotpipe.ingest_json(%s)",
+            ([msg(f"{PREFIX}-6", now + ".600Z", 31)],),
         )
         yield c, n_kafka
     finally:
@@ -285,10 +296,10 @@ def check_works(conn):
     got = dict(
         conn.execute(
             """SELECT s.sensor_id, count(*) FROM iotpipe_dw.fact_reading f JOIN iotpipe_dw.dim_sensor s USING (sensor_key)
-                WHERE s.sensor_id IN ('bk-3', 'bk-4') GROUP BY 1"""
+                WHERE s.sensor_id IN ('bk-3', 'bk-4', 'bk-6') GROUP BY 1"""
         ).fetchall()
     )
-    assert got == {"bk-3": 1, "bk-4": 1}, got
+    assert got == {"bk-3": 1, "bk-4": 1, "bk-6": 1}, got
     # a new rule gets a new id
     conn.execute(
         """INSERT INTO iotpipe.alert_rules (name, kind, for_duration)
@@ -370,7 +381,7 @@ def test_dump_restore_every_row_and_a_working_pipeline(filled, kafka, tmp_path):
     script = os.path.join(ROOT, "scripts/pgcluster.sh")
     subprocess.run([script, "start", d2, str(port2), "restored"], check=True)
     try:
-        with connect(COPY_DB) as cp:
+        with connect(PLAIN_DB) as cp:
             dumped_offsets = dict(
                 cp.execute(
                     "SELECT partition, next_offset FROM iotpipe.kafka_offsets WHERE topic = %s",
@@ -381,10 +392,59 @@ def test_dump_restore_every_row_and_a_working_pipeline(filled, kafka, tmp_path):
         assert sum(dumped_offsets.values()) == dumped_rows == n_kafka
         # the source goes on in the suite's database until after the dump: stop it
         c.execute("SELECT iotpipe.kafka_stop(%s)", (TOPIC,))
-        r = run([pg("pg_restore")] + conn_args(d2, port2) + ["-d", "restored", dump])
-        assert r.returncode == 0 and r.stderr == "", r.stderr
+        # the plain dump through one psql session, paused after CREATE
+        # EXTENSION: the launcher there waits for the restore and makes no
+        # partition of its own (the dumped ones would collide with it)
+        script_text = dumped.stdout
+        cut = (
+            script_text.index(
+                "\n", script_text.index("CREATE EXTENSION IF NOT EXISTS iotpipe")
+            )
+            + 1
+        )
         info = f"host={d2} port={port2} dbname=restored user=postgres"
+        restore = subprocess.Popen(
+            [pg("psql")]
+            + conn_args(d2, port2)
+            + ["-qX", "-v", "ON_ERROR_STOP=1", "-d", "restored"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         with psycopg.connect(info, autocommit=True) as rc:
+            restore.stdin.write(script_text[:cut])
+            restore.stdin.flush()
+            st = poll(
+                lambda: rc.execute(
+                    "SELECT state, detail FROM iotpipe.status WHERE worker = 'launcher'"
+                ).fetchone()
+                if rc.execute(
+                    "SELECT count(*) FROM pg_extension WHERE extname = 'iotpipe'"
+                ).fetchone()[0]
+                else None,
+                30,
+                0.1,
+                "the launcher to see the restore",
+            )
+            poll(
+                lambda: rc.execute(
+                    "SELECT state, detail FROM iotpipe.status WHERE worker = 'launcher'"
+                )
+                .fetchone()[1]
+                .startswith("a restore is running (pid "),
+                30,
+                0.1,
+                f"the launcher to wait for the restore (last {st})",
+            )
+            assert (
+                rc.execute(
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = 'iotpipe.readings'::regclass"
+                ).fetchone()[0]
+                == 0
+            )
+            out, err = restore.communicate(script_text[cut:], timeout=120)
+            assert restore.returncode == 0 and "ERROR" not in err, err
             assert stored(rc) == dumped_offsets
             # after the restore the launcher starts the restored source
             poll(
@@ -430,6 +490,36 @@ def test_dump_restore_every_row_and_a_working_pipeline(filled, kafka, tmp_path):
                 ).fetchone()[0]
                 == "firing"
             )
+            # the warehouse goes on with this server's transactions: the
+            # reading held back before the dump, the one no run had seen,
+            # the new ones (Kafka and SQL), each once
+            run1 = rc.execute("SELECT status, error FROM iotpipe.run_etl()").fetchone()
+            assert run1 == ("ok", None), run1
+            facts = {
+                k: (n, m)
+                for k, n, m in rc.execute(
+                    """SELECT CASE WHEN s.sensor_id LIKE 'bk-k%' THEN 'kafka' ELSE s.sensor_id END,
+                              count(*), max(f.copies)
+                         FROM iotpipe_dw.fact_reading f JOIN iotpipe_dw.dim_sensor s USING (sensor_key)
+                        WHERE s.sensor_id LIKE 'bk-%' GROUP BY 1"""
+                ).fetchall()
+            }
+            assert facts == {
+                "bk-1": (3, 1),
+                "bk-2": (3, 1),
+                "bk-3": (1, 1),
+                "bk-5": (1, 1),
+                "bk-6": (1, 1),
+                "kafka": (n_kafka + more, 1),
+            }, facts
+            assert rc.execute(
+                "SELECT * FROM iotpipe.ingest_json(%s)",
+                ([msg(f"{PREFIX}-7", now + ".700Z", 20)],),
+            ).fetchone() == (1, 0)
+            run2 = rc.execute(
+                "SELECT status, rows_read FROM iotpipe.run_etl()"
+            ).fetchone()
+            assert run2 == ("ok", 1), run2
         with open(os.path.join(d2, "server.log"), errors="replace") as f:
             log = f.read()
         assert "ERROR" not in log, log[-3000:]

@@ -35,6 +35,8 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._alert_rules_limit(): (owner only)'),
     ('iotpipe._kafka_check_options(text[],text[],text[]): iotpipe_admin'),
     ('iotpipe._require_worker_database(): iotpipe_admin'),
+    ('iotpipe._restore_finish(): iotpipe_admin'),
+    ('iotpipe._restore_running(): (owner only)'),
     ('iotpipe._run_etl(iotpipe.etl_runs): (owner only)'),
     ('iotpipe._silenced(integer,text,text,timestamp with time zone): iotpipe_admin'),
     ('iotpipe._simulator_singleton(): (owner only)'),
