@@ -236,20 +236,26 @@ robust_anomaly(RobustModel *m, const Feature *def, double x, TimestampTz ts, dou
 	m->zs = m->n > 1 ? m->zs + Z_SMOOTH * (z - m->zs) : z;
 	sd = m->nz > 1 ? sqrt(m->zvar) : 1.0;
 	*value = (m->zs - m->zmean) / Max(sd, Z_SD_MIN);
-	if (m->nz == 0)
+	if (m->n <= def->min_samples)
+	{
+		/* the z of a baseline still forming would inflate what is usual */
+	}
+	else if (m->nz == 0)
 	{
 		m->zmean = m->zs;
 		m->zvar = 0;
+		m->nz = 1;
 	}
 	else
 	{
 		double		d = m->zs - m->zmean;
+		double		a = Max(Z_LONG_ALPHA, 1.0 / (m->nz + 1));
 
-		m->zmean += Z_LONG_ALPHA * d;
-		m->zvar = (1.0 - Z_LONG_ALPHA) * (m->zvar + Z_LONG_ALPHA * d * d);
+		m->zmean += a * d;
+		m->zvar = (1.0 - a) * (m->zvar + a * d * d);
+		if (m->nz < PG_INT32_MAX)
+			m->nz++;
 	}
-	if (m->nz < PG_INT32_MAX)
-		m->nz++;
 	ex->baseline = base;
 	ex->scale = scale;
 	ex->score = resid / scale;
