@@ -59,9 +59,7 @@ def load_series():
     with open(os.path.join(NAB, "ambient_temperature_windows.json")) as f:
         amb = json.load(f)
     for rel, w in amb.items():
-        out.append(
-            ("ambient", rel, os.path.join(NAB, os.path.basename(rel)), w)
-        )
+        out.append(("ambient", rel, os.path.join(NAB, os.path.basename(rel)), w))
     series = []
     for group, rel, path, w in out:
         with open(path) as f:
@@ -103,7 +101,12 @@ def replay(c, rel, rows, rule_ids):
     c.execute("DELETE FROM iotpipe.alerts WHERE sensor_id = %s", (sensor,))
     msgs = [
         json.dumps(
-            {"sensor_id": sensor, "ts": ts.isoformat(), "temperature": v, "location": "nab"}
+            {
+                "sensor_id": sensor,
+                "ts": ts.isoformat(),
+                "temperature": v,
+                "location": "nab",
+            }
         )
         for ts, v in rows
     ]
@@ -173,7 +176,10 @@ def run(a, dsn):
             index = {ts: i for i, (ts, _) in enumerate(rows)}
             det = [index[al[1]] for al in alerts]
             wins = nabscore.window_indices([t for t, _ in rows], windows)
-            res = {p: nabscore.score_series(len(rows), wins, det, p) for p in nabscore.PROFILES}
+            res = {
+                p: nabscore.score_series(len(rows), wins, det, p)
+                for p in nabscore.PROFILES
+            }
             st = res["standard"]
             print(
                 f"{rel:52s} {len(rows):5d} {st['tp']:>2d}/{st['tp'] + st['fn']:<2d} {len(alerts):6d} "
@@ -184,8 +190,14 @@ def run(a, dsn):
                 for al in alerts:
                     i = index[al[1]]
                     where = next(
-                        (f"window {k + 1}" for k, (lo, hi) in enumerate(wins) if lo <= i <= hi),
-                        "probationary" if i < nabscore.probationary_length(len(rows)) else "outside",
+                        (
+                            f"window {k + 1}"
+                            for k, (lo, hi) in enumerate(wins)
+                            if lo <= i <= hi
+                        ),
+                        "probationary"
+                        if i < nabscore.probationary_length(len(rows))
+                        else "outside",
                     )
                     print(
                         f"    {kinds[al[0]]:7s} {al[1]:%Y-%m-%d %H:%M} value {al[2]:8.2f} reading {al[3]:9.3f} "

@@ -562,6 +562,15 @@ sync_firing(SensorState *se, RuleState *st)
 	}
 }
 
+/* whether two features can share one RobustModel: the same baseline */
+static bool
+same_baseline(const Feature *a, const Feature *b)
+{
+	return iotpipe_alert_feature_has_model(a) && iotpipe_alert_feature_has_model(b) &&
+		a->metric == b->metric && a->param == b->param &&
+		a->min_samples == b->min_samples && a->warmup_us == b->warmup_us;
+}
+
 /* (re)build the states of a sensor for the current rules, keeping what still applies */
 static void
 build_states(SensorState *se)
@@ -632,18 +641,41 @@ build_states(SensorState *se)
 			kept[j] = true;
 		}
 		else
-		{
 			feats[nf].def = rs->features[i];
-			if (iotpipe_alert_feature_has_model(&feats[nf].def))
-				feats[nf].model = MemoryContextAllocZero(engine_cxt, sizeof(RobustModel));
-		}
 		se->featidx[nf] = i;
 		nf++;
 	}
-	/* the baselines of the features no longer needed */
+
+	/*
+	 * A robust anomaly and a drift feature of the same metric and window
+	 * share one baseline (alert_eval.c observes it once per reading): a new
+	 * one takes the model of a compatible feature if there is one.
+	 */
+	for (i = 0; i < nf; i++)
+	{
+		if (feats[i].model || !iotpipe_alert_feature_has_model(&feats[i].def))
+			continue;
+		for (j = 0; j < nf; j++)
+			if (j != i && feats[j].model && same_baseline(&feats[i].def, &feats[j].def))
+				break;
+		feats[i].model = j < nf ? feats[j].model :
+			MemoryContextAllocZero(engine_cxt, sizeof(RobustModel));
+	}
+	/* the baselines no feature needs any more, each once */
 	for (j = 0; j < noldf; j++)
-		if (!kept[j] && oldf[j].model)
+	{
+		int			k;
+		bool		in_use = false;
+
+		if (kept[j] || oldf[j].model == NULL)
+			continue;
+		for (k = 0; k < nf && !in_use; k++)
+			in_use = feats[k].model == oldf[j].model;
+		for (k = 0; k < j && !in_use; k++)
+			in_use = !kept[k] && oldf[k].model == oldf[j].model;	/* freed already */
+		if (!in_use)
 			pfree(oldf[j].model);
+	}
 	pfree(kept);
 	pfree(used);
 	if (old)

@@ -131,6 +131,14 @@ robust_observe(RobustModel *m, double x, TimestampTz ts, double alpha, double *r
 	double		w,
 				a;
 
+	if (m->n > 0 && ts == m->prev_ts)
+	{
+		/* this reading was observed already, for the other feature sharing the model */
+		*resid = m->last_resid;
+		*scale = m->last_scale;
+		*baseline = m->last_baseline;
+		return;
+	}
 	if (m->n > 0 && ts > m->prev_ts)
 	{
 		double		d = (double) (ts - m->prev_ts) / USECS_PER_SEC;
@@ -158,6 +166,9 @@ robust_observe(RobustModel *m, double x, TimestampTz ts, double alpha, double *r
 		*scale = sflat;
 		*baseline = m->n > 0 ? m->mu : x;
 	}
+	m->last_resid = *resid;
+	m->last_scale = *scale;
+	m->last_baseline = *baseline;
 	/* which baseline explains the sensor better, anomalies clipped */
 	if (m->n > 0 && day_known)
 	{

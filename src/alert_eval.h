@@ -103,7 +103,9 @@ typedef struct Feature
  * features (alert_eval.c, docs/alerts.md): an EWMA level with an EWMA of
  * absolute deviations as its scale, the same per hour of the day (UTC), the
  * choice between the two, and the statistics built on the residual.  O(1):
- * about 700 bytes per (feature, sensor), allocated by alert_cache.c.
+ * about 700 bytes per sensor and baseline, allocated by alert_cache.c; a
+ * robust anomaly and a drift feature with the same metric, window, warm-up
+ * share one (the reading is observed once).
  */
 #define ALERT_DAY_BUCKETS	24
 
@@ -131,6 +133,10 @@ typedef struct RobustModel
 	int32		nres;
 	double		cusum_up;
 	double		cusum_down;
+	/* the last reading's residual, scale and baseline (shared models observe once) */
+	double		last_resid;
+	double		last_scale;
+	double		last_baseline;
 } RobustModel;
 
 /* per (feature, sensor) */
