@@ -283,11 +283,10 @@ robust_drift(RobustModel *m, const Feature *def, double x, TimestampTz ts, doubl
 				base,
 				sg,
 				r;
-	bool		had = m->n > 0;
 
 	robust_observe(m, x, ts, def->param, &resid, &scale, &base);
-	if (!had)
-		return false;
+	if (m->n <= 1)
+		return false;			/* the first reading has no residual */
 	if (m->nres == 0)
 		m->rscale = fabs(resid);
 	else
