@@ -11,7 +11,11 @@
  *	    - updates the sensor's features once per reading, however many
  *	      rules share them: the value, a rate per minute smoothed with an
  *	      EWMA over time, an anomaly z-score against an EWMA mean and
- *	      variance of the sensor's own recent values;
+ *	      variance of the sensor's own recent values (statistic zscore),
+ *	      and on a robust baseline (a flat or an hour-of-day EWMA level
+ *	      with an EWMA absolute deviation as its scale, RobustModel) the
+ *	      robust anomaly score (how unusual the recent z are for the
+ *	      sensor) and the drift CUSUMs of its residual;
  *	    - walks the rules in the sensor's scope: a rule breaches when its
  *	      feature is beyond threshold (op), fires when breaches have held
  *	      continuously (event time) for for_duration, resolves when a value
