@@ -165,7 +165,9 @@ typedef struct PayloadArgs
  * whole ingest transaction).  A payload that would be longer is built again
  * with each string field cut, at a character boundary, to a budget of
  * escaped bytes, and gets "truncated": true.  The budgets add up to well
- * under the limit, escapes (\u00XX) included.  docs/alerts.md.
+ * under the limit, escapes (\u00XX) included; the 1024 bytes left over
+ * hold the keys, the numbers (baseline, scale and score of anomaly and
+ * drift alerts among them: under 120 bytes) and the times.  docs/alerts.md.
  */
 #define IOTPIPE_PAYLOAD_MAX		7000
 #define TRUNC_RULE_BYTES		1024
