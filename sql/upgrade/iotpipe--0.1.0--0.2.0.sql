@@ -937,3 +937,32 @@ SELECT pg_catalog.pg_extension_config_dump('iotpipe_dw.dim_sensor_sensor_key_seq
 -- Not dumped: iotpipe_dw.dim_time (the install script makes it whole),
 -- iotpipe.etl_stage_* (one run's scratch space), iotpipe.restore_sessions.
 -- end of backup and restore
+-- anomaly rules worth their alerts (issue 13): the robust anomaly statistic,
+-- the drift kind, alerts that explain themselves.
+-- Migration: rules that exist keep the 0.1.0 statistic (statistic 'zscore',
+-- same threshold, same meaning); new rules get 'robust' unless they say
+-- otherwise.  A NULL threshold of an anomaly or drift rule now means the
+-- statistic's default (docs/alerts.md).
+ALTER TABLE iotpipe.alert_rules DROP CONSTRAINT alert_rules_kind_check;
+ALTER TABLE iotpipe.alert_rules ADD CONSTRAINT alert_rules_kind_check
+    CHECK (kind IN ('threshold', 'rate', 'offline', 'anomaly', 'drift'));
+ALTER TABLE iotpipe.alert_rules DROP CONSTRAINT alert_rules_anomaly_threshold_check;
+ALTER TABLE iotpipe.alert_rules ADD CONSTRAINT alert_rules_anomaly_threshold_check
+    CHECK (kind NOT IN ('anomaly', 'drift') OR threshold IS NULL OR threshold > 0);
+ALTER TABLE iotpipe.alert_rules DROP CONSTRAINT alert_rules_clear_threshold_check;
+ALTER TABLE iotpipe.alert_rules ADD CONSTRAINT alert_rules_clear_threshold_check
+    CHECK (clear_threshold IS NULL OR threshold IS NULL
+           OR (kind IN ('anomaly', 'drift') AND clear_threshold <= threshold)
+           OR (op = '>' AND clear_threshold <= threshold)
+           OR (op = '<' AND clear_threshold >= threshold));
+ALTER TABLE iotpipe.alert_rules
+    ADD COLUMN statistic text NOT NULL DEFAULT 'zscore'
+        CONSTRAINT alert_rules_statistic_check CHECK (statistic IN ('zscore', 'robust')),
+    ADD COLUMN warmup interval NOT NULL DEFAULT '2 days'
+        CONSTRAINT alert_rules_warmup_check CHECK (warmup BETWEEN '0' AND '366 days');
+ALTER TABLE iotpipe.alert_rules ALTER COLUMN statistic SET DEFAULT 'robust';
+ALTER TABLE iotpipe.alerts
+    ADD COLUMN baseline float8,
+    ADD COLUMN scale float8,
+    ADD COLUMN score float8;
+-- end of anomaly rules (issue 13)
