@@ -71,8 +71,8 @@ iotpipe_guc_init(bool preloading)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("iotpipe.sensor_refresh",
-							"Longest time iotpipe.sensors may lag behind the readings.",
-							"A backend rewrites a sensor's row at most this often; iotpipe.ingest_json() writes all at the end of each call.",
+							"No effect since 0.2.0 (kept so that configurations naming it still load).",
+							"iotpipe.sensors is written in every batch's transaction, with the readings: it never lags.",
 							&iotpipe_sensor_refresh_ms,
 							1000, 0, 3600 * 1000,
 							PGC_SUSET,

@@ -43,7 +43,6 @@
 #include "iotpipe.h"
 #include "guc.h"
 #include "ingest.h"
-#include "sensors.h"
 #include "shmem.h"
 #include "status.h"
 #include "worker.h"
@@ -438,12 +437,6 @@ commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *fenced)
 	return true;
 }
 
-static void
-write_sensors_tx(void *arg)
-{
-	iotpipe_ingest_write_sensors(*(bool *) arg);
-}
-
 /* ---------- health, published to iotpipe.status ---------- */
 
 static bool
@@ -746,9 +739,6 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 			}
 			rd_kafka_message_destroy(msgs[i]);
 		}
-		/* nothing to ingest: the ingest core writes the sensors it held back */
-		if (n == 0 && count == 0)
-			iotpipe_ingest_idle();
 		if (count > 0 && health.outage)
 		{
 			clear_outage(&health);
@@ -874,13 +864,6 @@ iotpipe_kafka_main(Datum arg)
 		backoff_ms = Min(backoff_ms * 2, 30000);
 	}
 
-	if (iotpipe_sensors_pending())
-	{
-		/* leave iotpipe.sensors complete: write what was held back */
-		bool		all = true;
-
-		(void) iotpipe_worker_xact(write_sensors_tx, &all, "writing sensors", true);
-	}
 	ereport(LOG, (errmsg("%s stopping", who)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
 	proc_exit(0);

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * sensors.h
- *	  iotpipe.sensors upkeep, throttled (sensors.c).
+ *	  iotpipe.sensors upkeep, one upsert per batch (sensors.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -10,8 +10,7 @@
 
 #include "jsonmsg.h"
 
-extern void iotpipe_sensors_note(IotReading *readings, int n);
-extern void iotpipe_sensors_write(bool all);	/* SPI connected */
-extern bool iotpipe_sensors_pending(void);
+/* the sensors of a batch's landed readings, in its transaction; SPI connected */
+extern void iotpipe_sensors_upsert(const IotReading *readings, int n);
 
 #endif							/* IOTPIPE_SENSORS_H */
