@@ -80,6 +80,23 @@ SELECT * FROM iotpipe.ingest_json(ARRAY[
   '{"sensor_id":"dba-f","ts":"2026-11-28T13:00:00Z","temperature":1}',
   '{"sensor_id":"dba-rogue","ts":"2026-11-28T13:00:01Z","temperature":2}']);
 ALTER TABLE iotpipe.readings DROP CONSTRAINT readings_registered;
+-- deferred: checked at the caller's commit, which fails; made immediate
+-- by the caller, it refuses the row in the call
+ALTER TABLE iotpipe.readings ADD CONSTRAINT readings_registered_later
+  FOREIGN KEY (sensor_id) REFERENCES public.registered DEFERRABLE INITIALLY DEFERRED;
+BEGIN;
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+  '{"sensor_id":"dba-rogue","ts":"2026-11-28T13:00:02Z","temperature":2}']);
+\set VERBOSITY terse
+COMMIT;
+\set VERBOSITY default
+BEGIN;
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT * FROM iotpipe.ingest_json(ARRAY[
+  '{"sensor_id":"dba-f","ts":"2026-11-28T13:00:03Z","temperature":1}',
+  '{"sensor_id":"dba-rogue","ts":"2026-11-28T13:00:03Z","temperature":2}']);
+COMMIT;
+ALTER TABLE iotpipe.readings DROP CONSTRAINT readings_registered_later;
 DROP TABLE public.registered;
 SELECT sensor_id, ts FROM iotpipe.readings WHERE sensor_id LIKE 'dba-e%' OR sensor_id LIKE 'dba-f%' OR sensor_id = 'dba-rogue' ORDER BY ts;
 SELECT * FROM pg_temp.letters;

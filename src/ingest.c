@@ -38,6 +38,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
+#include "commands/trigger.h"
 #include "access/heapam.h"
 #include "access/tableam.h"
 #include "executor/executor.h"
@@ -705,6 +706,22 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 	if (batch->nreadings > 0)
 	{
 		ensure_partitions(batch);
+		if (IsBackgroundWorker)
+		{
+			/*
+			 * A worker's batch is a transaction of its own: a constraint a
+			 * DBA made DEFERRABLE INITIALLY DEFERRED is checked with the
+			 * write, where a refused row can be set aside, not at commit,
+			 * where it would fail the batch every time (SET CONSTRAINTS ALL
+			 * IMMEDIATE).  ingest_json leaves its caller's transaction as
+			 * it is.
+			 */
+			ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
+
+			immediate->constraints = NIL;
+			immediate->deferred = false;
+			AfterTriggerSetState(immediate);
+		}
 		if (iotpipe_rowguard_write(batch->nreadings, write_range, refuse_row, batch) > 0)
 		{
 			/* the readings that landed, in input order */

@@ -18,8 +18,10 @@
  *	  disk full, cancel, shutdown, a trigger that fails whatever the row)
  *	  are not the row's fault: they are rethrown and the batch fails as a
  *	  whole, to be retried.  A constraint declared DEFERRABLE INITIALLY
- *	  DEFERRED is only checked at commit, outside any subtransaction: it
- *	  still fails the batch (README, troubleshooting).
+ *	  DEFERRED would only be checked at commit, outside any subtransaction:
+ *	  workers make their batches' constraints immediate (ingest.c);
+ *	  ingest_json leaves its caller's transaction alone, so there such a
+ *	  constraint still fails the call (README, troubleshooting).
  *
  *-------------------------------------------------------------------------
  */

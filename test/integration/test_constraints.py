@@ -6,6 +6,9 @@ case 12), and iotpipe.sensors' counters after a crash (case 16).
   rest lands, the simulator never goes into backoff;
 - a unique index and a reproducible simulator started again from its
   beginning: every repeated reading is a dead letter, the stream goes on;
+- a deferred foreign key met by the simulator: checked with the write;
+- a CHECK and a unique index met by a Kafka worker: the dead letters carry
+  the refused messages' topic, partition and offset, the offsets move on;
 - kill -9 of the launcher during a steady simulator stream (a crash restart
   of the server): afterwards, and at every moment while the stream goes on,
   readings_total of every sensor equals count(*) of its readings.
@@ -18,6 +21,9 @@ NULL, a foreign key, triggers and savepoints.
 import json
 import os
 import signal
+import time
+
+from psycopg.types.json import Jsonb
 
 from conftest import connect, poll
 
@@ -165,6 +171,141 @@ def test_simulator_replayed_into_a_unique_index_keeps_going(db):
     )
     assert stored == first, "each refused reading is one that is stored"
     assert drift(db) == []
+
+
+def test_simulator_rows_refused_by_a_deferred_foreign_key_become_dead_letters(db):
+    # checked at commit in any other transaction; a worker checks it with
+    # the write, where the rows it refuses can be set aside
+    fresh(db)
+    db.execute("DROP TABLE IF EXISTS public.it_registered")
+    db.execute(
+        'CREATE TABLE public.it_registered (sensor_id text COLLATE "C" PRIMARY KEY)'
+    )
+    db.execute(
+        "INSERT INTO public.it_registered "
+        "SELECT format('sensor-%s', lpad(g::text, 4, '0')) FROM generate_series(1, 4) g"
+    )
+    db.execute(
+        "ALTER TABLE iotpipe.readings ADD CONSTRAINT it_registered_fk FOREIGN KEY (sensor_id) "
+        "REFERENCES public.it_registered DEFERRABLE INITIALLY DEFERRED"
+    )
+    try:
+        db.execute(
+            "SELECT iotpipe.simulator_start(sensors => 8, rate => 1000, malformed_ratio => 0)"
+        )
+        poll(
+            lambda: len(refused(db, "it_registered_fk")) >= 50
+            and count(db, "SELECT count(*) FROM iotpipe.readings") >= 500,
+            60,
+            0.2,
+            "unregistered sensors' readings as dead letters and the others landed",
+        )
+        sim = worker(db, "simulator")
+        assert sim[1] == "running" and sim[2] is None, sim
+        stop_simulator(db)
+    finally:
+        db.execute("ALTER TABLE iotpipe.readings DROP CONSTRAINT it_registered_fk")
+        db.execute("DROP TABLE public.it_registered")
+    ids = {
+        json.loads(bytes(p))["sensor_id"] for p, _, _ in refused(db, "it_registered_fk")
+    }
+    assert ids == {f"sensor-{i:04d}" for i in range(5, 9)}
+    landed = db.execute(
+        "SELECT DISTINCT sensor_id FROM iotpipe.readings ORDER BY 1"
+    ).fetchall()
+    assert [r[0] for r in landed] == [f"sensor-{i:04d}" for i in range(1, 5)]
+    assert drift(db) == []
+
+
+def test_kafka_rows_refused_by_constraints_keep_their_coordinates(db, kafka):
+    from kafka_harness import high_watermarks, produce  # test/kafka
+
+    topic = "iot-kc"
+    base_ms = (int(time.time()) - 3600) * 1000
+    kafka.create_topic(topic, 2)
+    refused_at = {}  # (partition, offset) -> payload
+    good = 0
+    for part in (0, 1):
+        batch = []
+        for j in range(80):  # message j is at offset j of its partition
+            sid, ts = f"kc-{j % 7}", base_ms + part * 1000 + j
+            if j % 5 == 3:  # the same sensor and ts as message j - 1
+                sid, ts = f"kc-{(j - 1) % 7}", ts - 1
+            t = 150 if j % 5 == 1 else 20  # the CHECK refuses 150
+            value = f'{{"sensor_id":"{sid}","ts":{ts},"temperature":{t}}}'.encode()
+            batch.append((b"k", value))
+            if j % 5 in (1, 3):
+                refused_at[(part, j)] = value
+            else:
+                good += 1
+        produce(kafka.bootstrap, topic, batch, partition=part)
+    db.execute(
+        "ALTER TABLE iotpipe.readings ADD CONSTRAINT kc_not_hot "
+        "CHECK (sensor_id NOT LIKE 'kc-%' OR temperature < 100)"
+    )
+    db.execute("CREATE UNIQUE INDEX kc_once ON iotpipe.readings (sensor_id, ts)")
+    try:
+        db.execute(
+            "SELECT iotpipe.kafka_start(%s, %s, 'iotpipe', 1, %s)",
+            (kafka.bootstrap, topic, Jsonb({})),
+        )
+        want = {
+            p: h for p, h in high_watermarks(kafka.bootstrap, topic).items() if h > 0
+        }
+        poll(
+            lambda: dict(
+                db.execute(
+                    "SELECT partition, next_offset FROM iotpipe.kafka_offsets WHERE topic = %s",
+                    (topic,),
+                ).fetchall()
+            )
+            == want,
+            90,
+            0.2,
+            "the worker to take every message",
+        )
+        w = db.execute(
+            "SELECT state, last_error FROM iotpipe.status WHERE worker = %s",
+            (f"kafka {topic} #1",),
+        ).fetchone()
+        assert w == ("running", None), w
+        letters = db.execute(
+            'SELECT partition, "offset", payload, error, source FROM iotpipe.dead_letters '
+            "WHERE topic = %s",
+            (topic,),
+        ).fetchall()
+        assert {(r[0], r[1]): bytes(r[2]) for r in letters} == refused_at
+        for part, off, payload, error, source in letters:
+            assert source == "kafka"
+            expect = "kc_not_hot" if off % 5 == 1 else "kc_once"
+            assert error.startswith(f'rejected by constraint "{expect}"'), error
+        assert (
+            count(
+                db,
+                "SELECT count(*) FROM iotpipe.readings WHERE sensor_id LIKE %s",
+                "kc-%",
+            )
+            == good
+        )
+        assert [d for d in drift(db) if d[0].startswith("kc-")] == []
+    finally:
+        db.execute("SELECT iotpipe.kafka_stop(%s)", (topic,))
+        poll(
+            lambda: count(
+                db,
+                "SELECT count(*) FROM iotpipe.status WHERE worker LIKE %s AND pid IS NOT NULL",
+                f"kafka {topic} #%",
+            )
+            == 0,
+            30,
+            what="the Kafka worker to stop",
+        )
+        db.execute("ALTER TABLE iotpipe.readings DROP CONSTRAINT kc_not_hot")
+        db.execute("DROP INDEX iotpipe.kc_once")
+        for t in ("kafka_sources", "kafka_offsets", "kafka_watermarks", "dead_letters"):
+            db.execute(f"DELETE FROM iotpipe.{t} WHERE topic = %s", (topic,))
+        db.execute("DELETE FROM iotpipe.readings WHERE sensor_id LIKE 'kc-%'")
+        db.execute("DELETE FROM iotpipe.sensors WHERE sensor_id LIKE 'kc-%'")
 
 
 # ---------------------------------------------------------------- case 16
