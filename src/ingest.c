@@ -10,8 +10,11 @@
  *	         (tuple routing, multi-insert, indexes, constraints, as COPY
  *	         does: the bulk writer, bulkwrite.c, shared with the ETL), or
  *	         with COPY FROM an in-memory binary stream when the
- *	         table has triggers or other things only COPY handles
- *	      3. upsert the batch's sensors, counts included (sensors.c)
+ *	         table has triggers or other things only COPY handles; in a
+ *	         subtransaction, so that rows the database refuses (a DBA's
+ *	         constraint or trigger) become dead letters (rowguard.c)
+ *	      3. the batch's sensors, counts included (sensors.c): upserted
+ *	         (ingest_json), or a delta a worker folds in later
  *	      4. run the alert engine over the accepted readings (alerts.c)
  *	      5. write rejects to iotpipe.dead_letters with their exact bytes
  *
@@ -738,7 +741,11 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 			elog(ERROR, "SPI_connect failed");
 		if (nlanded > 0)
 		{
-			iotpipe_sensors_upsert(landed, nlanded);
+			/* a worker's small, frequent batches: a delta, folded later */
+			if (IsBackgroundWorker)
+				iotpipe_sensors_defer(landed, nlanded);
+			else
+				iotpipe_sensors_upsert(landed, nlanded);
 			iotpipe_alerts_process(landed, nlanded);
 		}
 		if (batch->nrejects + batch->ndb_rejects > 0)

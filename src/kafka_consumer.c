@@ -48,6 +48,7 @@
 #include "worker.h"
 #include "kafka_common.h"
 #include "kafka_offsets.h"
+#include "sensors.h"
 #include "kafka_consumer.h"
 
 #include <fcntl.h>
@@ -435,6 +436,12 @@ commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *fenced)
 		(void) rd_kafka_commit(c->rk, kcommit, 1);
 	rd_kafka_topic_partition_list_destroy(kcommit);
 	return true;
+}
+
+static void
+fold_sensors_tx(void *arg)
+{
+	iotpipe_sensors_fold_own();
 }
 
 /* ---------- health, published to iotpipe.status ---------- */
@@ -864,6 +871,8 @@ iotpipe_kafka_main(Datum arg)
 		backoff_ms = Min(backoff_ms * 2, 30000);
 	}
 
+	/* leave iotpipe.sensors complete: fold this worker's deltas */
+	(void) iotpipe_worker_xact(fold_sensors_tx, NULL, "folding sensor deltas", true);
 	ereport(LOG, (errmsg("%s stopping", who)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
 	proc_exit(0);

@@ -22,6 +22,7 @@
 #include "guc.h"
 #include "ingest.h"
 #include "kafka_producer.h"
+#include "sensors.h"
 #include "simgen.h"
 #include "status.h"
 #include "worker.h"
@@ -113,6 +114,12 @@ static void
 sim_wait(long timeout_ms)
 {
 	(void) iotpipe_worker_wait(timeout_ms, PGINVALID_SOCKET);
+}
+
+static void
+fold_sensors_tx(void *arg)
+{
+	iotpipe_sensors_fold_own();
 }
 
 typedef struct FlushArgs
@@ -395,6 +402,11 @@ iotpipe_simulator_main(Datum arg)
 
 		(void) iotpipe_producer_poll(producer, 5000, errbuf, sizeof(errbuf));
 		iotpipe_producer_destroy(producer);
+	}
+	else
+	{
+		/* leave iotpipe.sensors complete: fold this worker's deltas */
+		(void) iotpipe_worker_xact(fold_sensors_tx, NULL, "folding sensor deltas", true);
 	}
 	ereport(LOG, (errmsg("iotpipe simulator stopping after " UINT64_FORMAT " readings", emitted)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
