@@ -32,6 +32,7 @@
 #include "partition.h"
 #include "rowguard.h"
 #include "sensors.h"
+#include "shmem.h"
 #include "spiutil.h"
 #include "version.h"
 #include "ingest.h"
@@ -709,7 +710,7 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 	if (batch->nreadings > 0)
 	{
 		ensure_partitions(batch);
-		if (IsBackgroundWorker)
+		if (iotpipe_my_slot >= 0)
 		{
 			/*
 			 * A worker's batch is a transaction of its own: a constraint a
@@ -741,8 +742,8 @@ iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 			elog(ERROR, "SPI_connect failed");
 		if (nlanded > 0)
 		{
-			/* a worker's small, frequent batches: a delta, folded later */
-			if (IsBackgroundWorker)
+			/* an iotpipe worker's small, frequent batches: a delta, folded later */
+			if (iotpipe_my_slot >= 0)
 				iotpipe_sensors_defer(landed, nlanded);
 			else
 				iotpipe_sensors_upsert(landed, nlanded);

@@ -429,6 +429,14 @@ CREATE TABLE iotpipe.sensor_deltas (
     humidity       float8[] NOT NULL,
     humidity_ts    timestamptz[] NOT NULL
 );
+-- kept out of line uncompressed: compressing every batch's arrays costs
+-- more than writing them
+ALTER TABLE iotpipe.sensor_deltas
+    ALTER COLUMN sensor_id SET STORAGE EXTERNAL, ALTER COLUMN readings SET STORAGE EXTERNAL,
+    ALTER COLUMN first_seen SET STORAGE EXTERNAL, ALTER COLUMN last_seen SET STORAGE EXTERNAL,
+    ALTER COLUMN location SET STORAGE EXTERNAL, ALTER COLUMN location_ts SET STORAGE EXTERNAL,
+    ALTER COLUMN temperature SET STORAGE EXTERNAL, ALTER COLUMN temperature_ts SET STORAGE EXTERNAL,
+    ALTER COLUMN humidity SET STORAGE EXTERNAL, ALTER COLUMN humidity_ts SET STORAGE EXTERNAL;
 COMMENT ON TABLE iotpipe.sensor_deltas IS
     'sensors of worker batches not yet folded into iotpipe.sensors (at most iotpipe.sensor_refresh old while a worker streams)';
 SELECT pg_catalog.pg_extension_config_dump('iotpipe.sensor_deltas', '');
