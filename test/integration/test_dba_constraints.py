@@ -14,7 +14,8 @@ case 12), and iotpipe.sensors' counters after a crash (case 16).
   plus the pending iotpipe.sensor_deltas equals count(*) of the sensor's
   readings, and readings_total alone does once the stream stops.
 
-Runs against the suite's cluster (conftest.py).  pg_regress
+Runs against the suite's cluster (conftest.py), after test_core (which checks that the
+server log has no crash: the kill -9 here makes one).  pg_regress
 17_dba_constraints covers the same through iotpipe.ingest_json(), plus NOT
 NULL, a foreign key, triggers and savepoints.
 """
