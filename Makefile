@@ -12,6 +12,7 @@ OBJS = \
 	src/launcher.o \
 	src/jsonmsg.o \
 	src/ingest.o \
+	src/rowguard.o \
 	src/sensors.o \
 	src/partition.o \
 	src/simulator.o \

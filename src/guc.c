@@ -71,8 +71,8 @@ iotpipe_guc_init(bool preloading)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("iotpipe.sensor_refresh",
-							"Longest time iotpipe.sensors may lag behind the readings.",
-							"A backend rewrites a sensor's row at most this often; iotpipe.ingest_json() writes all at the end of each call.",
+							"Longest time iotpipe.sensors may lag behind a worker's readings.",
+							"Worker batches record their sensors in iotpipe.sensor_deltas, folded into iotpipe.sensors this often (and by the launcher when older); iotpipe.ingest_json() writes them at once.",
 							&iotpipe_sensor_refresh_ms,
 							1000, 0, 3600 * 1000,
 							PGC_SUSET,

@@ -33,11 +33,6 @@ extern void iotpipe_batch_reject(IotBatch *batch, const char *data, size_t len,
 /* write the batch in the current transaction; returns rows accepted */
 extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected);
 
-/* write the sensors held back by this backend (sensors.c), in the current transaction */
-extern void iotpipe_ingest_write_sensors(bool all);
-/* workers call this when idle (outside a transaction): writes due sensors */
-extern void iotpipe_ingest_idle(void);
-
 /* what the alert engine sees of a batch (accepted readings, in input order) */
 extern int	iotpipe_batch_nreadings(IotBatch *batch);
 extern IotReading *iotpipe_batch_readings(IotBatch *batch);

@@ -41,6 +41,7 @@
 #include "alerts.h"
 #include "guc.h"
 #include "partition.h"
+#include "sensors.h"
 #include "status.h"
 #include "version.h"
 #include "worker.h"
@@ -243,6 +244,13 @@ static void
 alerts_tick(void *arg)
 {
 	iotpipe_alerts_tick();
+}
+
+/* sensor deltas no worker folded: a worker stopped, idle or dead (sensors.c) */
+static void
+sensors_fold(void *arg)
+{
+	iotpipe_sensors_fold_stale();
 }
 
 /* ---------- starting and stopping workers ---------- */
@@ -560,6 +568,7 @@ iotpipe_launcher_main(Datum arg)
 				}
 				reconcile(&ps);
 				(void) iotpipe_worker_xact(alerts_tick, NULL, "alert timers", false);
+				(void) iotpipe_worker_xact(sensors_fold, NULL, "folding sensor deltas", true);
 				etl_schedule(GetCurrentTimestamp(), &last_etl);
 			}
 		}

@@ -966,3 +966,36 @@ ALTER TABLE iotpipe.alerts
     ADD COLUMN scale float8,
     ADD COLUMN score float8;
 -- end of anomaly rules (issue 13)
+-- hardening: exact sensor counters (issue 11, case 16): worker batches record
+-- their sensors in iotpipe.sensor_deltas, folded into iotpipe.sensors
+-- The sensors of each worker batch, folded into iotpipe.sensors by the
+-- worker every iotpipe.sensor_refresh and by the launcher when older
+-- (src/sensors.c): one row per batch, arrays by sensor.  Written and
+-- deleted with the readings' transactions, so the counts survive crashes
+-- and never count a rolled-back reading.
+CREATE TABLE iotpipe.sensor_deltas (
+    writer         int NOT NULL,                      -- the worker's process id
+    made_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    sensor_id      text[] NOT NULL,
+    readings       bigint[] NOT NULL,
+    first_seen     timestamptz[] NOT NULL,
+    last_seen      timestamptz[] NOT NULL,
+    location       text[] NOT NULL,
+    location_ts    timestamptz[] NOT NULL,
+    temperature    float8[] NOT NULL,
+    temperature_ts timestamptz[] NOT NULL,
+    humidity       float8[] NOT NULL,
+    humidity_ts    timestamptz[] NOT NULL
+);
+-- kept out of line uncompressed: compressing every batch's arrays costs
+-- more than writing them
+ALTER TABLE iotpipe.sensor_deltas
+    ALTER COLUMN sensor_id SET STORAGE EXTERNAL, ALTER COLUMN readings SET STORAGE EXTERNAL,
+    ALTER COLUMN first_seen SET STORAGE EXTERNAL, ALTER COLUMN last_seen SET STORAGE EXTERNAL,
+    ALTER COLUMN location SET STORAGE EXTERNAL, ALTER COLUMN location_ts SET STORAGE EXTERNAL,
+    ALTER COLUMN temperature SET STORAGE EXTERNAL, ALTER COLUMN temperature_ts SET STORAGE EXTERNAL,
+    ALTER COLUMN humidity SET STORAGE EXTERNAL, ALTER COLUMN humidity_ts SET STORAGE EXTERNAL;
+COMMENT ON TABLE iotpipe.sensor_deltas IS
+    'sensors of worker batches not yet folded into iotpipe.sensors (at most iotpipe.sensor_refresh old while a worker streams)';
+SELECT pg_catalog.pg_extension_config_dump('iotpipe.sensor_deltas', '');
+-- end hardening: exact sensor counters
