@@ -80,6 +80,11 @@ check_url(const char *name, const char *kind, const char *url)
 	if (u == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 	rc = curl_url_set(u, CURLUPART_URL, url, 0);
+	if (rc == CURLUE_NO_HOST)
+	{
+		curl_url_cleanup(u);
+		refuse(name, mail ? "the url names no mail server" : "the url names no host", NULL);
+	}
 	if (rc != CURLUE_OK)
 	{
 		curl_url_cleanup(u);

@@ -431,10 +431,11 @@ claim(TxState *tx)
 									   " ORDER BY n.next_attempt_at, n.notification_id LIMIT $2",
 									   2, types, 0);
 	}
+	/* read_only = false: a new snapshot that sees the outcomes just recorded */
 	args[0] = inflight_ids();
 	args[1] = Int32GetDatum(room * 2);
 	tx->asked = room * 2;
-	ret = SPI_execute_plan(claim_plan, args, NULL, true, 0);
+	ret = SPI_execute_plan(claim_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read iotpipe.notifications: %s", SPI_result_code_string(ret));
 	rows = SPI_tuptable;
@@ -467,7 +468,7 @@ claim(TxState *tx)
 									  1, types, 0);
 	}
 	args[0] = inflight_ids();
-	ret = SPI_execute_plan(next_plan, args, NULL, true, 1);
+	ret = SPI_execute_plan(next_plan, args, NULL, false, 1);
 	tx->next_due = 0;
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
