@@ -108,6 +108,7 @@ typedef struct TxState
 	int			claimed;
 	int			asked;
 	TimestampTz next_due;		/* earliest pending row not claimed, 0 = none */
+	int			recorded;		/* outcomes[0 .. recorded) are committed with it */
 	int64		pending;
 	int64		sent;
 	int64		failed;
@@ -186,6 +187,21 @@ add_outcome(int64 id, int attempt, const DeliveryJob *job, TimestampTz created_a
 	o->created_at = created_at;
 }
 
+/* the first n outcomes are committed */
+static void
+forget_outcomes(int n)
+{
+	if (n >= noutcomes)
+		noutcomes = 0;
+	else
+	{
+		memmove(outcomes, outcomes + n, sizeof(Outcome) * (noutcomes - n));
+		noutcomes -= n;
+	}
+	if (noutcomes > 0)
+		oldest_outcome = GetCurrentTimestamp();
+}
+
 /* exponential backoff with jitter: base * 2^(attempt-1), capped, times [0.5, 1) */
 static TimestampTz
 retry_at(TimestampTz now, int attempt)
@@ -203,7 +219,7 @@ retry_at(TimestampTz now, int attempt)
 static void
 record_outcomes(TxState *tx)
 {
-	int			n = noutcomes,
+	int			n = tx->recorded,
 				i,
 				ret;
 	TimestampTz now = GetCurrentTimestamp();
@@ -525,6 +541,7 @@ notifier_tx(void *arg)
 	tx->version_ok = iotpipe_version_ok(tx->detail, sizeof(tx->detail));
 	if (!tx->version_ok)
 		return;
+	tx->recorded = noutcomes;
 	if (noutcomes > 0)
 		record_outcomes(tx);
 	if (tx->housekeeping)
@@ -658,8 +675,9 @@ iotpipe_notifier_main(Datum arg)
 					MemoryContextSwitchTo(old);
 					break;
 				}
-				iotpipe_count(noutcomes, tx.sent, tx.failed);
-				noutcomes = 0;
+				/* a request that could not start during the claim waits for the next */
+				iotpipe_count(tx.recorded, tx.sent, tx.failed);
+				forget_outcomes(tx.recorded);
 				if (tx.claim)
 				{
 					claim_wanted = false;
@@ -715,7 +733,7 @@ iotpipe_notifier_main(Datum arg)
 		TxState		tx = {0};
 
 		if (iotpipe_worker_xact(notifier_tx, &tx, "recording deliveries", true))
-			iotpipe_count(noutcomes, tx.sent, tx.failed);
+			iotpipe_count(tx.recorded, tx.sent, tx.failed);
 	}
 	iotpipe_set_state(IOT_STATE_STOPPED, "stopped");
 	proc_exit(0);
