@@ -706,10 +706,16 @@ iotpipe_notifier_main(Datum arg)
 			publish(pending);
 			iotpipe_update_rate();
 			drive_timer();
+			/* a transfer may have finished in there: never wait for it */
+			collect_finished(&freed);
+			if (freed)
+				claim_wanted = true;
 		}
 
 		now = GetCurrentTimestamp();
 		timeout = HOUSEKEEPING_US / 1000;
+		if (freed)
+			timeout = 0;
 		if (curl_timer_at >= 0)
 			timeout = Min(timeout, Max(0, (curl_timer_at - now + 999) / 1000));
 		if (next_claim_at != 0 && ninflight < iotpipe_notify_concurrency)
