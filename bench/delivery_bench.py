@@ -252,8 +252,8 @@ def mode_latency(a, admin):
     rule = setup(admin, f"http://127.0.0.1:{a.sink_port}/lat", routes=1)
     broker = KafkaBroker(a.kafka_dir, a.kafka_port)
     broker.start()
+    topic = f"dlvb-{os.getpid()}"
     try:
-        topic = f"dlvb-{os.getpid()}"
         broker.create_topic(topic, 4)
         admin.execute(
             "SELECT iotpipe.kafka_start(%s, %s, %s, 2, %s)",
@@ -354,6 +354,8 @@ def mode_latency(a, admin):
             f" max {max(lat) if lat else float('nan'):.1f} ms"
         )
     finally:
+        # the workers first: a consumer whose broker is gone is slow to stop
+        admin.execute("SELECT iotpipe.kafka_stop(%s)", (topic,))
         broker.stop()
 
 

@@ -366,12 +366,20 @@ iotpipe_test_receiver(PG_FUNCTION_ARGS)
 			result = psprintf("failed: %s", t.job.error[0] ? t.job.error : "could not set up libcurl");
 		else
 		{
+			sigset_t	saved;
+			CURLMcode	mc;
+
+			iotpipe_curl_enter(&saved);
 			curl_multi_add_handle(t.multi, t.job.easy);
+			iotpipe_curl_leave(&saved);
 			while (running > 0)
 			{
 				/* short waits: a cancel or termination is served at once */
 				CHECK_FOR_INTERRUPTS();
-				if (curl_multi_perform(t.multi, &running) != CURLM_OK)
+				iotpipe_curl_enter(&saved);
+				mc = curl_multi_perform(t.multi, &running);
+				iotpipe_curl_leave(&saved);
+				if (mc != CURLM_OK)
 					break;
 				if (running > 0)
 					(void) curl_multi_poll(t.multi, NULL, 0, 100, NULL);

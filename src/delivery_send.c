@@ -27,6 +27,7 @@
 #include "iotpipe.h"
 #include "delivery_send.h"
 
+#include <pthread.h>
 #include <time.h>
 
 #include "common/base64.h"
@@ -48,6 +49,21 @@ iotpipe_delivery_global_init(void)
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("could not initialize libcurl")));
 	curl_ready = true;
+}
+
+void
+iotpipe_curl_enter(sigset_t *saved)
+{
+	sigset_t	all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, saved);
+}
+
+void
+iotpipe_curl_leave(const sigset_t *saved)
+{
+	pthread_sigmask(SIG_SETMASK, saved, NULL);
 }
 
 const char *iotpipe_receiver_select =

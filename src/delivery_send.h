@@ -13,6 +13,8 @@
 
 #include "iotpipe.h"
 
+#include <signal.h>
+
 #include <curl/curl.h>
 
 #include "datatype/timestamp.h"
@@ -78,6 +80,15 @@ typedef struct DeliveryJob
 
 /* curl_global_init once per process */
 extern void iotpipe_delivery_global_init(void);
+
+/*
+ * Around every curl call that may start a thread (libcurl's threaded DNS
+ * resolver): every signal blocked for the duration of the call (micro-
+ * seconds), so that a thread it creates inherits a mask blocking them all and
+ * PostgreSQL's handlers only ever run on the backend's own thread.
+ */
+extern void iotpipe_curl_enter(sigset_t *saved);
+extern void iotpipe_curl_leave(const sigset_t *saved);
 
 /* the SELECT list that loads receivers (columns in DeliveryReceiver order) */
 extern const char *iotpipe_receiver_select;

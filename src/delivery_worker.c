@@ -316,6 +316,29 @@ record_outcomes(TxState *tx)
 
 /* ---------- claiming ---------- */
 
+static bool
+add_handle(CURL *easy)
+{
+	sigset_t	saved;
+	CURLMcode	rc;
+
+	iotpipe_curl_enter(&saved);
+	rc = curl_multi_add_handle(multi, easy);
+	iotpipe_curl_leave(&saved);
+	return rc == CURLM_OK;
+}
+
+static void
+socket_action(curl_socket_t s, int flags)
+{
+	sigset_t	saved;
+	int			running;
+
+	iotpipe_curl_enter(&saved);
+	(void) curl_multi_socket_action(multi, s, flags, &running);
+	iotpipe_curl_leave(&saved);
+}
+
 static Datum
 inflight_ids(void)
 {
@@ -363,7 +386,7 @@ start_job(const DeliveryReceiver *r, int row)
 	f->job.notification_id = m.notification_id;
 	f->job.attempts = attempts;
 	if (!iotpipe_delivery_prepare(&f->job, r, &m, iotpipe_notify_timeout_ms) ||
-		curl_multi_add_handle(multi, f->job.easy) != CURLM_OK)
+		!add_handle(f->job.easy))
 	{
 		/* never started: an attempt that failed at once */
 		f->job.started = GetCurrentTimestamp();
@@ -591,8 +614,7 @@ drive_sockets(void)
 {
 	struct epoll_event evs[MAX_EPOLL_EVENTS];
 	int			n,
-				i,
-				running;
+				i;
 
 	n = epoll_wait(epfd, evs, MAX_EPOLL_EVENTS, 0);
 	for (i = 0; i < n; i++)
@@ -605,19 +627,17 @@ drive_sockets(void)
 			flags |= CURL_CSELECT_OUT;
 		if (evs[i].events & EPOLLERR)
 			flags |= CURL_CSELECT_ERR;
-		(void) curl_multi_socket_action(multi, evs[i].data.fd, flags, &running);
+		socket_action(evs[i].data.fd, flags);
 	}
 }
 
 static void
 drive_timer(void)
 {
-	int			running;
-
 	if (curl_timer_at >= 0 && GetCurrentTimestamp() >= curl_timer_at)
 	{
 		curl_timer_at = -1;
-		(void) curl_multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		socket_action(CURL_SOCKET_TIMEOUT, 0);
 	}
 }
 

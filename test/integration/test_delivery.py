@@ -433,6 +433,60 @@ def test_silenced_alerts_are_recorded_not_sent_and_ack_sends_nothing(db, web):
     assert [r[1] for r in notifications(db)] == [loud]
 
 
+def test_sql_paths_queue_too_offline_ended_silence_disabled_rule(db, web):
+    """The fires and resolves written by SQL (the launcher's timers, a rule
+    update) reach the outbox in their own transactions like the engine's."""
+    rule(db, "dlv-sqlpath")
+    db.execute(
+        "INSERT INTO iotpipe.alert_rules (name, kind, for_duration, severity, location)"
+        " VALUES ('dlv-offline', 'offline', '1 s', 'warning', 'dlv-off')"
+    )
+    receiver(db, "dlv-web", web.url())
+    route(db, "dlv-web")
+    # a silence that ends in 2 s holds back a fire, which is sent when it ends
+    db.execute(
+        "INSERT INTO iotpipe.silences (sensor_id, ends_at, reason)"
+        " VALUES ('dlv-held', now() + interval '2 s', 'short maintenance')"
+    )
+    ingest(db, [msg("dlv-held", 90), msg("dlv-quiet-sensor", 20, location="dlv-off")])
+    assert notifications(db, "event = 'firing'") == []  # silenced: nothing yet
+
+    def events():
+        return {
+            (
+                r.json["alerts"][0]["rule"],
+                r.json["alerts"][0]["sensor_id"],
+                r.json["event"],
+            )
+            for r in web.received()
+        }
+
+    # the offline timer fires for both sensors (no reading for 1 s); the silence ends
+    poll(
+        lambda: {
+            ("dlv-offline", "dlv-quiet-sensor", "firing"),
+            ("dlv-sqlpath", "dlv-held", "firing"),
+        }
+        <= events(),
+        20,
+        what="the offline fire and the fire held back by the silence",
+    )
+    off = [
+        r.json["alerts"][0] for r in web.received()
+        if r.json["alerts"][0]["rule"] == "dlv-offline"
+    ]  # fmt: skip
+    assert off[0]["kind"] == "offline" and off[0]["state"] == "firing"
+    # disabling a rule resolves its firing alerts: the resolve is delivered too
+    db.execute(
+        "UPDATE iotpipe.alert_rules SET enabled = false WHERE name = 'dlv-sqlpath'"
+    )
+    poll(
+        lambda: ("dlv-sqlpath", "dlv-held", "resolved") in events(),
+        20,
+        what="the resolve of the disabled rule",
+    )
+
+
 def test_slack_format(db, web):
     rule(db, "dlv-slack", severity="critical")
     receiver(db, "dlv-chat", web.url("/slack"), kind="slack")
