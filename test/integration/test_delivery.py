@@ -269,7 +269,7 @@ def test_receiver_down_then_up_everything_delivered_in_order(db):
         ingest(db, [msg(s, 90) for s in sensors])
         ingest(db, [msg(s, 20) for s in sensors])
         assert len(notifications(db)) == 20
-        time.sleep(10)  # down for 10 s: retries with backoff, nothing lost
+        time.sleep(30)  # down for 30 s: retries with backoff, nothing lost
         rows = notifications(db)
         assert all(r[4] == "pending" for r in rows), rows
         # fires retried with backoff; each resolve waits behind its fire
@@ -372,6 +372,37 @@ def test_immediate_server_stop_with_a_full_outbox_loses_nothing(db, web):
         restart_server("immediate")
 
     stream_then_fault(db, web, immediate_restart)
+
+
+def test_sigterm_ends_the_notifier_at_once_while_a_request_hangs(db, web):
+    web.behaviour = lambda n, path: (200, 8) if n == 1 else (200, 0)  # the first hangs
+    rule(db, "dlv-term")
+    receiver(db, "dlv-web", web.url())
+    route(db, "dlv-web")
+    pid = poll(lambda: (n := notifier(db)) and n[0], 15, what="the notifier")
+    ingest(db, [msg("dlv-t1", 99)])
+    wait_requests(web, 1)  # in flight, the server sits on it
+    t = time.monotonic()
+    assert db.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+    poll(
+        lambda: not db.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone(),
+        5,
+        0.05,
+        "the notifier to exit",
+    )
+    assert (
+        time.monotonic() - t < 2
+    ), "SIGTERM is served in the wait, not after the request"
+    # the launcher starts another one, which sends it again with the same key
+    poll(
+        lambda: notifications(db)[0][4] == "sent",
+        30,
+        what="the retry by the new notifier",
+    )
+    keys = {r.key for r in web.received()}
+    assert len(web.received()) == 2 and keys == {notifications(db)[0][6]}
 
 
 def test_routes_position_continue_and_min_severity(db, web):
