@@ -242,6 +242,46 @@ check_options(const char *name, const char *kind, Jsonb *jb)
 		refuse(name, "options.starttls must be true or false", NULL);
 }
 
+static bool
+name_changed(TriggerData *td, TupleDesc desc, const char *name)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (!TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+		return false;
+	d = heap_getattr(td->tg_trigtuple, SPI_fnumber(desc, "name"), desc, &isnull);
+	return isnull || strcmp(TextDatumGetCString(d), name) != 0;
+}
+
+/*
+ * A duplicate name would be refused by the primary key, whose error logs
+ * the statement (and the secrets in it): refuse it here first.  Concurrent
+ * inserts of one name still meet the key.
+ */
+static void
+refuse_duplicate(const char *name)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	bool		found;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = CStringGetTextDatum(name);
+	if (SPI_execute_with_args("SELECT 1 FROM iotpipe.receivers WHERE name = $1", 1, types, args,
+							  NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read iotpipe.receivers");
+	found = SPI_processed > 0;
+	SPI_finish();
+	if (found)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("receiver \"%s\" already exists", name),
+				 errhint("Update the existing receiver, or choose another name."),
+				 errhidestmt(true)));
+}
+
 PG_FUNCTION_INFO_V1(iotpipe_receiver_check);
 Datum
 iotpipe_receiver_check(PG_FUNCTION_ARGS)
@@ -269,6 +309,8 @@ iotpipe_receiver_check(PG_FUNCTION_ARGS)
 	name = TextDatumGetCString(d);
 	if (strlen(name) < 1 || strlen(name) > 64)
 		refuse(name, "a receiver's name has 1 to 64 characters", NULL);
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event) || name_changed(td, desc, name))
+		refuse_duplicate(name);
 	d = heap_getattr(tup, SPI_fnumber(desc, "kind"), desc, &isnull);
 	kind = isnull ? "" : TextDatumGetCString(d);
 	if (strcmp(kind, "webhook") != 0 && strcmp(kind, "slack") != 0 && strcmp(kind, "email") != 0)

@@ -475,6 +475,8 @@ CREATE INDEX notifications_order_idx ON iotpipe.notifications (alert_id, receive
 CREATE INDEX notifications_alert_idx ON iotpipe.notifications (alert_id);
 CREATE INDEX notifications_failed_idx ON iotpipe.notifications (last_attempt_at)
     WHERE state = 'failed';
+-- receiver_overview's counts per receiver and state
+CREATE INDEX notifications_receiver_idx ON iotpipe.notifications (receiver, state);
 COMMENT ON TABLE iotpipe.notifications IS
     'the delivery outbox: one row per (alert event, receiver), written in the alert''s transaction';
 

@@ -779,6 +779,10 @@ def test_secrets_are_not_readable_logged_or_shown(db, web, roles):
     assert "SECRET" not in str(e.value) and "SECRET" not in (
         e.value.diag.message_detail or ""
     )
+    # a second receiver of the same name: refused before the primary key, whose
+    # error would log the statement with its secrets
+    with pytest.raises(psycopg.errors.UniqueViolation, match="already exists"):
+        receiver(db, "dlv-secret-web", "http://127.0.0.1/SECRET-URL-TOKEN-77")
     db.execute("SELECT iotpipe.test_receiver('dlv-secret-mail')")
 
     for user in ("dlv_op", "dlv_an"):
