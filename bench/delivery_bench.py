@@ -250,10 +250,30 @@ def mode_latency(a, admin):
 
     snk = Sink(a.sink_port)
     rule = setup(admin, f"http://127.0.0.1:{a.sink_port}/lat", routes=1)
-    broker = KafkaBroker(a.kafka_dir, a.kafka_port)
-    broker.start()
+    sql = a.path == "sql"
+    broker = None if sql else KafkaBroker(a.kafka_dir, a.kafka_port)
     topic = f"dlvb-{os.getpid()}"
+    if sql:
+        pc = psycopg.connect(a.dsn, autocommit=True)
+        pending = []
+
+        class SqlProducer:
+            def produce(self, topic, value, key):
+                pending.append(value.decode())
+
+            def poll(self, t):
+                if pending:
+                    pc.execute("SELECT iotpipe.ingest_json(%s::text[])", (pending,))
+                    pending.clear()
+
+            def flush(self, t):
+                self.poll(0)
+
     try:
+        if sql:
+            prod = SqlProducer()
+            return run_latency(a, admin, snk, rule, prod, topic)
+        broker.start()
         broker.create_topic(topic, 4)
         admin.execute(
             "SELECT iotpipe.kafka_start(%s, %s, %s, 2, %s)",
@@ -279,84 +299,89 @@ def mode_latency(a, admin):
             {"bootstrap.servers": broker.bootstrap, "linger.ms": 1, "acks": 1,
              "queue.buffering.max.messages": 1000000}
         )  # fmt: skip
-        sent_at = {}
-        slice_s, per_slice, carry, i = 0.005, a.rate * 0.005, 0.0, 0
-        every = max(1, int(round(1 / a.breach)))
-        hot = set()
-        t0 = time.time()
-        next_t, end, t_measure = t0, t0 + a.warmup + a.seconds, t0 + a.warmup
-        produced = 0
-        while time.time() < end:
-            now = time.time()
-            if now < next_t:
-                time.sleep(next_t - now)
-            carry += per_slice
-            n = int(carry)
-            carry -= n
-            ts_now = time.time()
-            ts_us = int(ts_now * 1e6)
-            ts_s = iso_us(ts_us)
-            for _ in range(n):
-                s = i % 1000
-                sid = f"dlvb-{s:05d}"
-                if i % every == every // 2 and sid not in hot:
-                    t = 120.0
-                    hot.add(sid)
-                    state = "firing"
-                else:
-                    t = 20.0
-                    state = "resolved" if sid in hot else None
-                    hot.discard(sid)
-                if state and ts_now >= t_measure:
-                    sent_at[(sid, ts_us, state)] = ts_now
-                v = f'{{"sensor_id":"{sid}","ts":"{ts_s}","temperature":{t},"location":"{LOCS[s % 8]}"}}'
-                while True:
-                    try:
-                        prod.produce(topic, value=v.encode(), key=sid.encode())
-                        break
-                    except BufferError:
-                        prod.poll(0.001)
-                i += 1
-            prod.poll(0)
-            produced += n
-            next_t += slice_s
-        t_end = time.time()
-        prod.flush(30)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if (
-                admin.execute(
-                    "SELECT count(*) FROM iotpipe.notifications WHERE state = 'pending'"
-                ).fetchone()[0]
-                == 0
-                and admin.execute("SELECT count(*) FROM iotpipe.readings").fetchone()[0]
-                >= produced
-            ):
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)
-        got = snk.stop()
-        lat = []
-        for arrival, body in got:
-            al = json.loads(body)["alerts"][0]
-            if al.get("rule_id") != rule:
-                continue
-            k = (al["sensor_id"], micros(al["ts"]), al["state"])
-            if k in sent_at:
-                lat.append((arrival - sent_at[k]) * 1000)
-        print(
-            f"produced {produced:,} readings in {t_end - t0:.1f} s:"
-            f" {produced / (t_end - t0):,.0f}/s (target {a.rate:,.0f});"
-            f" {len(sent_at)} alert events measured, {len(lat)} webhook requests matched"
-        )
-        print(
-            f"produce -> webhook received: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms,"
-            f" max {max(lat) if lat else float('nan'):.1f} ms"
-        )
+        return run_latency(a, admin, snk, rule, prod, topic)
     finally:
-        # the workers first: a consumer whose broker is gone is slow to stop
-        admin.execute("SELECT iotpipe.kafka_stop(%s)", (topic,))
-        broker.stop()
+        if broker is not None:
+            # the workers first: a consumer whose broker is gone is slow to stop
+            admin.execute("SELECT iotpipe.kafka_stop(%s)", (topic,))
+            broker.stop()
+
+
+def run_latency(a, admin, snk, rule, prod, topic):
+    sent_at = {}
+    slice_s, per_slice, carry, i = 0.005, a.rate * 0.005, 0.0, 0
+    every = max(1, int(round(1 / a.breach)))
+    hot = set()
+    t0 = time.time()
+    next_t, end, t_measure = t0, t0 + a.warmup + a.seconds, t0 + a.warmup
+    produced = 0
+    while time.time() < end:
+        now = time.time()
+        if now < next_t:
+            time.sleep(next_t - now)
+        carry += per_slice
+        n = int(carry)
+        carry -= n
+        ts_now = time.time()
+        ts_us = int(ts_now * 1e6)
+        ts_s = iso_us(ts_us)
+        for _ in range(n):
+            s = i % 1000
+            sid = f"dlvb-{s:05d}"
+            if i % every == every // 2 and sid not in hot:
+                t = 120.0
+                hot.add(sid)
+                state = "firing"
+            else:
+                t = 20.0
+                state = "resolved" if sid in hot else None
+                hot.discard(sid)
+            if state and ts_now >= t_measure:
+                sent_at[(sid, ts_us, state)] = ts_now
+            v = f'{{"sensor_id":"{sid}","ts":"{ts_s}","temperature":{t},"location":"{LOCS[s % 8]}"}}'
+            while True:
+                try:
+                    prod.produce(topic, value=v.encode(), key=sid.encode())
+                    break
+                except BufferError:
+                    prod.poll(0.001)
+            i += 1
+        prod.poll(0)
+        produced += n
+        next_t += slice_s
+    t_end = time.time()
+    prod.flush(30)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (
+            admin.execute(
+                "SELECT count(*) FROM iotpipe.notifications WHERE state = 'pending'"
+            ).fetchone()[0]
+            == 0
+            and admin.execute("SELECT count(*) FROM iotpipe.readings").fetchone()[0]
+            >= produced
+        ):
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    got = snk.stop()
+    lat = []
+    for arrival, body in got:
+        al = json.loads(body)["alerts"][0]
+        if al.get("rule_id") != rule:
+            continue
+        k = (al["sensor_id"], micros(al["ts"]), al["state"])
+        if k in sent_at:
+            lat.append((arrival - sent_at[k]) * 1000)
+    print(
+        f"produced {produced:,} readings in {t_end - t0:.1f} s:"
+        f" {produced / (t_end - t0):,.0f}/s (target {a.rate:,.0f});"
+        f" {len(sent_at)} alert events measured, {len(lat)} webhook requests matched"
+    )
+    print(
+        f"produce -> webhook received: p50 {pct(lat, 50):.1f} ms, p99 {pct(lat, 99):.1f} ms,"
+        f" max {max(lat) if lat else float('nan'):.1f} ms"
+    )
 
 
 def main():
@@ -364,6 +389,12 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--mode", choices=["latency", "rate", "routes"], required=True)
+    ap.add_argument(
+        "--path",
+        choices=["kafka", "sql"],
+        default="kafka",
+        help="latency: through Kafka, or iotpipe.ingest_json() per 5 ms slice",
+    )
     ap.add_argument("--rate", type=float, default=20000)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--warmup", type=float, default=3)
