@@ -491,6 +491,20 @@ CREATE TABLE iotpipe.notification_attempts (
 );
 COMMENT ON TABLE iotpipe.notification_attempts IS 'every delivery attempt of a notification';
 
+-- A renamed receiver keeps its outbox: pending and past rows follow the name
+-- (routes follow through their foreign key).
+CREATE FUNCTION iotpipe._receiver_renamed() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS
+$$
+BEGIN
+    UPDATE iotpipe.notifications n SET receiver = NEW.name WHERE n.receiver = OLD.name;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER receivers_renamed AFTER UPDATE OF name ON iotpipe.receivers
+    FOR EACH ROW WHEN (OLD.name IS DISTINCT FROM NEW.name)
+    EXECUTE FUNCTION iotpipe._receiver_renamed();
+
 -- Changes of routes or receivers reach every backend's routing cache at
 -- commit (the same counter as alert rules).
 CREATE TRIGGER routes_changed AFTER INSERT OR UPDATE OR DELETE ON iotpipe.routes
@@ -597,6 +611,7 @@ GRANT SELECT ON iotpipe.routes, iotpipe.notifications, iotpipe.notification_atte
 GRANT INSERT, UPDATE ON iotpipe.notifications TO iotpipe_admin;
 REVOKE EXECUTE ON FUNCTION
     iotpipe._receiver_check(),
+    iotpipe._receiver_renamed(),
     iotpipe._wake_notifier(),
     iotpipe._delivery_payload(bigint, int, text, text, text, text, text, text, text, text,
                               float8, float8, float8, timestamptz, timestamptz),

@@ -551,6 +551,25 @@ def test_test_receiver_reports_the_outcome(db, web):
     assert notifications(db) == []
 
 
+def test_a_renamed_receiver_keeps_its_outbox(db, web):
+    web.behaviour = lambda n, path: (500, 0) if n == 1 else (200, 0)
+    rule(db, "dlv-rename")
+    receiver(db, "dlv-old", web.url())
+    route(db, "dlv-old")
+    ingest(db, [msg("dlv-rn1", 99)])
+    wait_requests(web, 1)  # failed once: pending, retried later
+    db.execute("UPDATE iotpipe.receivers SET name = 'dlv-new' WHERE name = 'dlv-old'")
+    poll(
+        lambda: notifications(db)[0][4] == "sent",
+        15,
+        what="the retry under the new name",
+    )
+    assert [(r[2], r[5]) for r in notifications(db)] == [("dlv-new", 2)]
+    assert db.execute("SELECT receiver FROM iotpipe.routes").fetchall() == [
+        ("dlv-new",)
+    ]
+
+
 def test_notifier_runs_only_while_a_receiver_is_enabled(db, web):
     poll(lambda: notifier(db) is None, 15, what="no notifier without receivers")
     receiver(db, "dlv-web", web.url())
