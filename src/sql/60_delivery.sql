@@ -224,3 +224,6 @@ SELECT pg_catalog.pg_extension_config_dump('iotpipe.receivers', '');
 SELECT pg_catalog.pg_extension_config_dump('iotpipe.routes', '');
 SELECT pg_catalog.pg_extension_config_dump('iotpipe.notifications', '');
 SELECT pg_catalog.pg_extension_config_dump('iotpipe.notification_attempts', '');
+-- the sequences behind the ids: new ids continue after the restored ones
+SELECT pg_catalog.pg_extension_config_dump('iotpipe.routes_route_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('iotpipe.notifications_notification_id_seq', '');
