@@ -14,6 +14,7 @@ PKGS=(
   python3-venv python3-dev
   chromium chromium-driver poppler-utils
   build-essential default-jre-headless maven curl ca-certificates
+  clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

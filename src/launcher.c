@@ -14,7 +14,10 @@
  *	    1. the installed extension must match the library
  *	       (iotpipe_version_ok): if it is missing or older, stop every
  *	       worker, read no iotpipe table, state "waiting" with the reason;
- *	       checked again every pass, so CREATE / ALTER EXTENSION resume it
+ *	       checked again every pass, so CREATE / ALTER EXTENSION resume it;
+ *	       the same while a restore into the database runs (the session
+ *	       noted in iotpipe.restore_sessions, or application_name
+ *	       pg_restore): "waiting" until it ends
  *	    2. partition upkeep (every minute): yesterday .. today + premake
  *	    3. desired workers: the simulator row, each enabled Kafka source x
  *	       its worker count; each with the generation of its settings
@@ -99,6 +102,7 @@ iotpipe_launcher_register(void)
 typedef struct PassState
 {
 	bool		version_ok;
+	bool		restoring;		/* a restore into this database runs */
 	char		detail[IOTPIPE_ERRLEN];	/* why not, for the status row */
 	DesiredWorker *desired;
 	int			ndesired;
@@ -135,10 +139,49 @@ read_desired(void *arg)
 	uint64		i;
 
 	ps->ndesired = 0;
+	ps->restoring = false;
 	/* a missing or older extension: read no iotpipe table */
 	ps->version_ok = iotpipe_version_ok(ps->detail, sizeof(ps->detail));
 	if (!ps->version_ok)
 		return;
+
+	/*
+	 * A restore into this database (60_backup.sql): no partition, no worker
+	 * until it has ended and iotpipe._restore_finish() has set the ETL's
+	 * watermark, so that its partitions, offsets and positions go in as
+	 * dumped and nothing is ingested before the watermark is this server's.
+	 */
+	ret = SPI_execute("SELECT iotpipe._restore_running()", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		int			pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!isnull)
+		{
+			ps->restoring = true;
+			snprintf(ps->detail, sizeof(ps->detail),
+					 "a restore is running (pid %d): no partition upkeep and no workers until it ends", pid);
+			return;
+		}
+	}
+	/* once after a restore (a no-op otherwise); a lock wait is retried next pass */
+	SPI_execute("SET LOCAL lock_timeout = 1000", false, 0);
+	ret = SPI_execute("SELECT iotpipe._restore_finish()", false, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		{
+			ps->restoring = true;
+			strlcpy(ps->detail, "a restore is running: no partition upkeep and no workers until it ends",
+					sizeof(ps->detail));
+			return;
+		}
+	}
+	SPI_execute("SET LOCAL lock_timeout TO DEFAULT", false, 0);
 
 	ret = SPI_execute("SELECT s.generation FROM iotpipe.simulator s WHERE s.enabled", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
@@ -500,9 +543,12 @@ iotpipe_launcher_main(Datum arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (!ps.version_ok)
+			if (!ps.version_ok || ps.restoring)
 			{
-				/* no extension, or an older one: nothing runs until it matches */
+				/*
+				 * no extension, or an older one: nothing runs until it
+				 * matches; a restore: nothing runs until it ends
+				 */
 				iotpipe_set_state(IOT_STATE_WAITING, ps.detail);
 				stop_all_workers();
 				was_ok = false;

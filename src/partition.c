@@ -10,6 +10,15 @@
  *	  to ingest need not own the table, and is serialized by an advisory
  *	  lock so that concurrent workers never race on the same name.
  *
+ *	  Each partition gets its own two indexes, made here and named
+ *	  <partition>_sensor_id_ts_idx and <partition>_ingest_xid_idx (BRIN):
+ *	  iotpipe.readings has no partitioned index.  A partition is not a
+ *	  member of the extension, so pg_dump dumps it with its indexes; had
+ *	  the extension's script made an index on the parent, ATTACH PARTITION
+ *	  in the restore would build a copy of it on each partition before
+ *	  pg_restore's own CREATE INDEX of the same name, which then fails
+ *	  (README, "Backup and restore").
+ *
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
@@ -52,6 +61,36 @@ partition_name(int32 day, char *buf, size_t len)
 
 	j2date(day + POSTGRES_EPOCH_JDATE, &y, &m, &d);
 	snprintf(buf, len, "readings_p%04d%02d%02d", y, m, d);
+}
+
+/*
+ * The indexes every partition has (the ETL reads the BRIN one by its name,
+ * iotpipe._run_etl).  The names are the ones PostgreSQL chose when 0.1.0
+ * cloned them from partitioned indexes; under 0.1.0's SQL (partitioned
+ * indexes, before ALTER EXTENSION UPDATE) the clones are there already.
+ */
+static void
+partition_create_indexes(Oid nsp, const char *name)
+{
+	static const char *const suffix[2] = {"sensor_id_ts_idx", "ingest_xid_idx"};
+	static const char *const def[2] = {
+		"(sensor_id, ts)",
+		"USING brin (((ingest_xid::pg_catalog.text)::pg_catalog.int8)) WITH (pages_per_range = 32)"
+	};
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		char		idx[NAMEDATALEN * 2];
+		char		sql[512];
+
+		snprintf(idx, sizeof(idx), "%s_%s", name, suffix[i]);
+		if (OidIsValid(get_relname_relid(idx, nsp)))
+			continue;
+		snprintf(sql, sizeof(sql), "CREATE INDEX %s ON iotpipe.%s %s", idx, name, def[i]);
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not index partition %s", name);
+	}
 }
 
 static bool
@@ -132,6 +171,8 @@ iotpipe_create_partitions_range(int32 from_day, int32 to_day)
 					 name, y1, m1, d1, y2, m2, d2);
 			if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "could not create partition %s", name);
+			CommandCounterIncrement();
+			partition_create_indexes(nsp, name);
 			created++;
 		}
 		SPI_finish();

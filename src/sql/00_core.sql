@@ -32,7 +32,10 @@ GRANT USAGE ON SCHEMA iotpipe TO iotpipe_operator, iotpipe_admin;
 ------------------------------------------------------------------------------
 -- Raw readings: append-only, range-partitioned by event time, one partition
 -- per UTC day (iotpipe.readings_pYYYYMMDD), created ahead by the launcher and
--- on demand by the ingest core.
+-- on demand by the ingest core.  No index on the parent: each partition gets
+-- its own (sensor_id, ts) and BRIN indexes from src/partition.c, so that a
+-- partition and its indexes dump and restore as they are (pg_dump, see
+-- 60_backup.sql).
 ------------------------------------------------------------------------------
 CREATE TABLE iotpipe.readings (
     sensor_id   text COLLATE "C" NOT NULL,  -- identifiers: byte order, fast comparisons
@@ -45,7 +48,6 @@ CREATE TABLE iotpipe.readings (
     -- committed since its last run, whatever their commit order
     ingest_xid  xid8        NOT NULL DEFAULT pg_current_xact_id()
 ) PARTITION BY RANGE (ts);
-CREATE INDEX readings_sensor_ts_idx ON iotpipe.readings (sensor_id, ts);
 COMMENT ON TABLE iotpipe.readings IS 'raw accepted readings, partitioned by UTC day of ts, append-only';
 
 CREATE TABLE iotpipe.sensors (
