@@ -8,6 +8,7 @@ made with openssl.  No mocks: libcurl in the notifier talks to these over
 import http.server
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -125,6 +126,9 @@ class SelfSignedCert:
         )  # fmt: skip
         os.chmod(self.cert, 0o644)
         os.chmod(self.key, 0o644)
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SmtpServer:

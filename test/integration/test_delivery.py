@@ -652,6 +652,7 @@ def test_tls_verified_unless_the_ca_file_is_configured(db):
         )
     finally:
         web.stop()
+        cert.remove()
 
 
 # ------------------------------------------------------------------ e-mail
@@ -715,6 +716,7 @@ def test_email_over_starttls_with_auth_and_message_id(db):
         assert "s3cret-smtp-pass" not in server_log()
     finally:
         smtp.stop()
+        cert.remove()
 
 
 # ------------------------------------------------------------------ secrets
