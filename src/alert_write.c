@@ -25,6 +25,7 @@
 #include "iotpipe.h"
 #include "alert_cache.h"
 #include "alert_write.h"
+#include "delivery_outbox.h"
 #include "guc.h"
 #include "shmem.h"
 #include "spiutil.h"
@@ -267,6 +268,16 @@ build_payload_cut(StringInfo buf, const PayloadArgs *p, bool cut)
 }
 
 static void
+build_payload_whole(StringInfo buf, const PayloadArgs *p)
+{
+	build_payload_cut(buf, p, false);
+	if (buf->len < IOTPIPE_PAYLOAD_MAX)
+		return;
+	resetStringInfo(buf);
+	build_payload_cut(buf, p, true);
+}
+
+static void
 build_payload(StringInfo buf, const PayloadArgs *p)
 {
 	if (iotpipe_notify_ids_only)
@@ -352,9 +363,8 @@ iotpipe_alert_notify(PG_FUNCTION_ARGS)
 
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n)))
 
-PG_FUNCTION_INFO_V1(iotpipe_alert_payload);
-Datum
-iotpipe_alert_payload(PG_FUNCTION_ARGS)
+static Datum
+payload_from_args(FunctionCallInfo fcinfo, bool whole)
 {
 	PayloadArgs p;
 	StringInfoData buf;
@@ -381,18 +391,39 @@ iotpipe_alert_payload(PG_FUNCTION_ARGS)
 	p.started_at = p.started_null ? 0 : PG_GETARG_TIMESTAMPTZ(14);
 	p.explain = NULL;
 	initStringInfo(&buf);
-	build_payload(&buf, &p);
+	if (whole)
+		build_payload_whole(&buf, &p);
+	else
+		build_payload(&buf, &p);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
 }
 
-static void
-notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *state,
-	   bool value_null, double value, bool reading_null, double reading,
-	   TimestampTz ts, TimestampTz started_at, const FeatExplain *explain)
+/*
+ * The payload receivers get (iotpipe._delivery_payload, the outbox): whole,
+ * also with iotpipe.notify_ids_only, which limits what LISTEN reveals;
+ * receivers are configured by iotpipe_admin.
+ */
+PG_FUNCTION_INFO_V1(iotpipe_alert_payload);
+Datum
+iotpipe_alert_payload(PG_FUNCTION_ARGS)
 {
-	PayloadArgs p;
-	StringInfoData buf;
+	return payload_from_args(fcinfo, false);
+}
 
+PG_FUNCTION_INFO_V1(iotpipe_delivery_payload);
+Datum
+iotpipe_delivery_payload(PG_FUNCTION_ARGS)
+{
+	return payload_from_args(fcinfo, true);
+}
+
+static void
+payload_args(PayloadArgs *pa, const AlertRule *r, const SensorState *se, int64 alert_id,
+			 const char *state, bool value_null, double value, bool reading_null,
+			 double reading, TimestampTz ts, TimestampTz started_at,
+			 const FeatExplain *explain)
+{
+#define p (*pa)
 	p.alert_id = alert_id;
 	p.rule_id = r->rule_id;
 	p.rule = r->name;
@@ -414,10 +445,86 @@ notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *st
 	p.started_null = false;
 	p.started_at = started_at;
 	p.explain = explain;
+#undef p
+}
+
+static void
+notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *state,
+	   bool value_null, double value, bool reading_null, double reading,
+	   TimestampTz ts, TimestampTz started_at, const FeatExplain *explain)
+{
+	PayloadArgs p;
+	StringInfoData buf;
+
+	payload_args(&p, r, se, alert_id, state, value_null, value, reading_null, reading, ts,
+				 started_at, explain);
 	initStringInfo(&buf);
 	build_payload(&buf, &p);
 	Async_Notify(ALERTS_CHANNEL, buf.data);
 	pfree(buf.data);
+}
+
+/*
+ * The batch's notified fires and resolves into the delivery outbox
+ * (delivery_outbox.c), in order, in this transaction: only when a route
+ * exists, so a site without receivers pays one cached check per batch.
+ * A full NOTIFY queue does not stop delivery.
+ */
+static void
+enqueue_deliveries(void)
+{
+	const AlertRule *rules = iotpipe_alert_rules.rules;
+	int			n = 0,
+				i;
+	Datum	   *aids,
+			   *evs,
+			   *rls,
+			   *sevs,
+			   *locs,
+			   *sids,
+			   *pls;
+	bool	   *locnulls;
+
+	for (i = 0; i < nevents; i++)
+		if (events[i].done && !events[i].silenced)
+			n++;
+	if (n == 0 || !iotpipe_outbox_routes_exist())
+		return;
+	aids = palloc(sizeof(Datum) * n);
+	evs = palloc(sizeof(Datum) * n);
+	rls = palloc(sizeof(Datum) * n);
+	sevs = palloc(sizeof(Datum) * n);
+	locs = palloc(sizeof(Datum) * n);
+	sids = palloc(sizeof(Datum) * n);
+	pls = palloc(sizeof(Datum) * n);
+	locnulls = palloc(sizeof(bool) * n);
+	n = 0;
+	for (i = 0; i < nevents; i++)
+	{
+		AlertEvent *ev = &events[i];
+		const AlertRule *r = &rules[ev->rule_idx];
+		PayloadArgs p;
+		StringInfoData buf;
+
+		if (!ev->done || ev->silenced)
+			continue;
+		payload_args(&p, r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
+					 ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
+					 ev->reading, ev->ts, ev->started_at,
+					 ev->has_explain ? &ev->explain : NULL);
+		initStringInfo(&buf);
+		build_payload_whole(&buf, &p);
+		aids[n] = Int64GetDatum(ev->alert_id);
+		evs[n] = CStringGetTextDatum(ev->fire ? "firing" : "resolved");
+		rls[n] = CStringGetTextDatum(r->name);
+		sevs[n] = CStringGetTextDatum(r->severity);
+		locnulls[n] = (ev->se->location == NULL);
+		locs[n] = locnulls[n] ? (Datum) 0 : CStringGetTextDatum(ev->se->location);
+		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
+		pls[n] = CStringGetTextDatum(buf.data);
+		n++;
+	}
+	iotpipe_outbox_enqueue(n, aids, evs, rls, sevs, locs, locnulls, sids, pls);
 }
 
 /* ---------- transaction bookkeeping ---------- */
@@ -816,6 +923,7 @@ iotpipe_alert_flush(void)
 			room = notify_queue_has_room();
 			break;
 		}
+	enqueue_deliveries();
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];

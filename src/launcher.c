@@ -194,6 +194,11 @@ read_desired(void *arg)
 		add_desired(ps, IOT_WORKER_SIMULATOR, 0, 0, gen, "simulator");
 	}
 
+	/* alert delivery: a notifier while any receiver is enabled (delivery_worker.c) */
+	ret = SPI_execute("SELECT 1 FROM iotpipe.receivers r WHERE r.enabled LIMIT 1", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+		add_desired(ps, IOT_WORKER_NOTIFIER, 0, 0, 0, "notifier");
+
 	ret = SPI_execute("SELECT k.source_id, k.workers, k.generation, k.topic FROM iotpipe.kafka_sources k "
 					  "WHERE k.enabled ORDER BY k.source_id", true, 0);
 	if (ret == SPI_OK_SELECT)
@@ -304,10 +309,14 @@ static void
 launch_worker(int slotno, DesiredWorker *d)
 {
 	bool		sim = (d->kind == IOT_WORKER_SIMULATOR);
+	bool		notifier = (d->kind == IOT_WORKER_NOTIFIER);
 
 	iotpipe_slot_prepare(slotno, d->kind, d->key, d->index, d->config_gen, d->name);
-	if (!register_worker(slotno, sim ? "iotpipe_simulator_main" : "iotpipe_kafka_main",
-						 sim ? "iotpipe simulator" : "iotpipe kafka", d->name))
+	if (!register_worker(slotno,
+						 sim ? "iotpipe_simulator_main" :
+						 notifier ? "iotpipe_notifier_main" : "iotpipe_kafka_main",
+						 sim ? "iotpipe simulator" :
+						 notifier ? "iotpipe notifier" : "iotpipe kafka", d->name))
 		slot_local[slotno].next_launch_at = slot_local[slotno].launched_at + 5 * USECS_PER_SEC;
 }
 

@@ -186,6 +186,14 @@ BEGIN
                     iotpipe._alert_payload(a.alert_id, a.rule_id, NEW.name, NEW.kind, a.sensor_id,
                                            a.location, 'resolved', a.severity, a.metric, NEW.op,
                                            NULL, NULL, a.threshold, now(), a.started_at));
+                -- delivery (issue 12): the outbox, in this transaction
+                PERFORM iotpipe._outbox_enqueue(
+                    ARRAY[a.alert_id], ARRAY['resolved'], ARRAY[NEW.name], ARRAY[a.severity],
+                    ARRAY[a.location], ARRAY[a.sensor_id],
+                    ARRAY[iotpipe._delivery_payload(a.alert_id, a.rule_id, NEW.name, NEW.kind,
+                                                    a.sensor_id, a.location, 'resolved', a.severity,
+                                                    a.metric, NEW.op, NULL, NULL, a.threshold, now(),
+                                                    a.started_at)]);
             END IF;
         END LOOP;
     END IF;
@@ -270,6 +278,13 @@ BEGIN
                 iotpipe._alert_payload(a.alert_id, a.rule_id, a.name, 'offline', a.sensor_id,
                                        a.location, 'firing', a.severity, NULL, NULL, a.value,
                                        NULL, a.threshold, at, a.started_at));
+            PERFORM iotpipe._outbox_enqueue(
+                ARRAY[a.alert_id], ARRAY['firing'], ARRAY[a.name], ARRAY[a.severity],
+                ARRAY[a.location], ARRAY[a.sensor_id],
+                ARRAY[iotpipe._delivery_payload(a.alert_id, a.rule_id, a.name, 'offline',
+                                                a.sensor_id, a.location, 'firing', a.severity,
+                                                NULL, NULL, a.value, NULL, a.threshold, at,
+                                                a.started_at)]);
         END IF;
     END LOOP;
 
@@ -286,6 +301,12 @@ BEGIN
             iotpipe._alert_payload(a.alert_id, a.rule_id, a.name, a.kind, a.sensor_id,
                                    a.location, 'firing', a.severity, a.metric, a.op, a.value,
                                    a.reading, a.threshold, at, a.started_at));
+        PERFORM iotpipe._outbox_enqueue(
+            ARRAY[a.alert_id], ARRAY['firing'], ARRAY[a.name], ARRAY[a.severity],
+            ARRAY[a.location], ARRAY[a.sensor_id],
+            ARRAY[iotpipe._delivery_payload(a.alert_id, a.rule_id, a.name, a.kind, a.sensor_id,
+                                            a.location, 'firing', a.severity, a.metric, a.op,
+                                            a.value, a.reading, a.threshold, at, a.started_at)]);
     END LOOP;
     RETURN n;
 END
