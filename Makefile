@@ -12,6 +12,7 @@ OBJS = \
 	src/launcher.o \
 	src/jsonmsg.o \
 	src/ingest.o \
+	src/rowguard.o \
 	src/sensors.o \
 	src/partition.o \
 	src/locks.o \
@@ -33,7 +34,11 @@ OBJS = \
 	src/spiutil.o \
 	src/version.o \
 	src/worker.o \
-	src/etl_worker.o
+	src/etl_worker.o \
+	src/delivery_outbox.o \
+	src/delivery_send.o \
+	src/delivery_config.o \
+	src/delivery_worker.o
 
 # The install script of the version in development is built from the ordered
 # fragments in src/sql/.  Released install scripts are frozen in sql/versions/
@@ -49,7 +54,7 @@ REGRESS_OPTS = --inputdir=. --use-existing --dbname=iotpipe_regress
 
 PG_CONFIG  ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src -DIOTPIPE_VERSION='"$(EXTVERSION)"' -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
-SHLIB_LINK  = -lrdkafka
+SHLIB_LINK  = -lrdkafka -lcurl
 
 EXTRA_CLEAN = $(DATA_built)
 

@@ -154,7 +154,8 @@ SELECT a.alert_id, a.sensor_id, a.severity, a.state, a.value, a.started_at, a.re
 # quantity (the reading, a change per minute, a z-score or seconds without data, by kind).
 _ALERT_COLS = """a.alert_id, a.rule_id, r.name AS rule, r.kind, a.sensor_id, a.severity, a.state, a.value,
        (to_jsonb(a) ->> 'reading')::float8 AS reading,
-       r.metric, r.op, r.threshold, a.started_at, a.resolved_at, a.acked_at, a.acked_by"""
+       r.metric, r.op, r.threshold, a.started_at, a.resolved_at, a.acked_at, a.acked_by,
+       (to_jsonb(a) ->> 'silenced')::bool AS silenced"""
 
 ALERT_FEED = f"""
 WITH firing AS (
@@ -393,6 +394,75 @@ def dead_letters_recent(conn, limit: int = 50) -> pd.DataFrame:
 
 def dw_readings_per_hour(conn, hours: int = 48) -> pd.DataFrame:
     return query_df(conn, DW_READINGS_PER_HOUR, {"hours": hours})
+
+
+# ---------------------------------------------------------------------------
+# Alert delivery (issue 12): receivers without secrets, the outbox, failures
+# ---------------------------------------------------------------------------
+
+# iotpipe.receivers holds secrets and is not readable by operators: the view is.
+RECEIVERS = """
+SELECT name, kind, enabled, pending, sent, failed, last_sent_at, routes
+  FROM iotpipe.receiver_overview
+ ORDER BY name
+"""
+
+OUTBOX = """
+SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+       count(*) FILTER (WHERE state = 'pending' AND next_attempt_at <= now()) AS due,
+       count(*) FILTER (WHERE state = 'sent') AS sent,
+       count(*) FILTER (WHERE state = 'failed') AS failed
+  FROM iotpipe.notifications
+"""
+
+DELIVERY_FAILURES = """
+SELECT notification_id, alert_id, receiver, event, state, attempts, last_attempt_at,
+       last_status, last_error AS reason
+  FROM iotpipe.notifications
+ WHERE last_error IS NOT NULL
+ ORDER BY last_attempt_at DESC NULLS LAST, notification_id DESC
+ LIMIT %(limit)s
+"""
+
+DELIVERIES_OF = """
+SELECT alert_id, receiver, event, state
+  FROM iotpipe.notifications
+ WHERE alert_id = ANY(%(ids)s)
+ ORDER BY alert_id, receiver, notification_id
+"""
+
+
+def receivers(conn) -> pd.DataFrame:
+    return query_df(conn, RECEIVERS)
+
+
+def outbox(conn) -> dict:
+    row = conn.execute(OUTBOX).fetchone()
+    return dict(zip(("pending", "due", "sent", "failed"), row))
+
+
+def delivery_failures(conn, limit: int = 20) -> pd.DataFrame:
+    return query_df(conn, DELIVERY_FAILURES, {"limit": limit})
+
+
+def deliveries_of(conn, alert_ids: list[int]) -> dict[int, str]:
+    """Per alert: where its notifications went ("ops: firing sent, resolved pending").
+
+    An empty dict when delivery is not installed (an older extension)."""
+    if not alert_ids:
+        return {}
+    try:
+        rows = conn.execute(DELIVERIES_OF, {"ids": list(alert_ids)}).fetchall()
+    except Exception:  # noqa: BLE001 - no delivery tables: nothing to show
+        conn.rollback()
+        return {}
+    per = {}
+    for alert_id, receiver, event, state in rows:
+        per.setdefault(alert_id, {}).setdefault(receiver, []).append(f"{event} {state}")
+    return {
+        a: "; ".join(f"{r}: {', '.join(v)}" for r, v in recv.items())
+        for a, recv in per.items()
+    }
 
 
 # ---------------------------------------------------------------------------

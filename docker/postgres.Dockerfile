@@ -6,7 +6,7 @@ FROM postgres:15-bookworm
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        build-essential postgresql-server-dev-15 librdkafka-dev \
+        build-essential postgresql-server-dev-15 librdkafka-dev libcurl4-openssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /usr/src/iotpipe

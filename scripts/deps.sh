@@ -9,11 +9,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 PKGS=(
   postgresql-15 postgresql-server-dev-15 postgresql-contrib
-  librdkafka-dev kcat
+  librdkafka-dev kcat libcurl4-openssl-dev openssl
   postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
   python3-venv python3-dev
   chromium chromium-driver poppler-utils
   build-essential default-jre-headless maven curl ca-certificates
+  clang-14 libclang-rt-14-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Run every iotpipe test suite against one throwaway cluster and tally.
 
-Suites, in order: pg_regress (sql/ + expected/), pgTAP (test/pgtap/*.sql via
+Suites, in order: lint, fuzz (scripts/fuzz.sh: the message parser under
+libFuzzer), pg_regress (sql/ + expected/), pgTAP (test/pgtap/*.sql via
 pg_prove), integration tests (test/integration, pytest; these start Kafka and
 a browser when they need them).  Prints one line per suite and, last,
 "N passed, N failed"; exits non-zero on any failure.
 
-Usage: run_tests.py [--suite regress|pgtap|integration]... [-k PYTEST_EXPR]
+Usage: run_tests.py [--suite lint|fuzz|regress|pgtap|integration]... [-k PYTEST_EXPR]
 """
 
 import argparse
@@ -147,20 +148,34 @@ def run_lint():
     return 1, 0
 
 
+def run_fuzz():
+    """The message parser under libFuzzer + ASan/UBSan for a short run: one test."""
+    secs = os.environ.get("IOTPIPE_FUZZ_SECONDS", "45")
+    out = sh(
+        [os.path.join(ROOT, "scripts/fuzz.sh"), secs], capture_output=True, text=True
+    )
+    print(out.stdout[-5000:] + out.stderr[-5000:])
+    return (1, 0) if out.returncode == 0 else (0, 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--suite", action="append", choices=["lint", "regress", "pgtap", "integration"]
+        "--suite",
+        action="append",
+        choices=["lint", "fuzz", "regress", "pgtap", "integration"],
     )
     ap.add_argument("-k", dest="expr")
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     a = ap.parse_args()
-    suites = a.suite or ["lint", "regress", "pgtap", "integration"]
+    suites = a.suite or ["lint", "fuzz", "regress", "pgtap", "integration"]
 
     t0 = time.time()
     results = {}
     if "lint" in suites:
         results["lint"] = run_lint()
+    if "fuzz" in suites:
+        results["fuzz"] = run_fuzz()
     start_cluster()
     try:
         if "regress" in suites:

@@ -107,13 +107,13 @@ DROP TRIGGER note ON iotpipe.readings;
 DROP TABLE trig_seen;
 DROP FUNCTION trig_note();
 
--- and a CHECK constraint someone added is enforced on the direct path
+-- and a CHECK constraint someone added is enforced on the direct path: the
+-- row becomes a dead letter naming it (more in 17_dba_constraints)
 ALTER TABLE iotpipe.readings ADD CONSTRAINT plausible CHECK (temperature < 1000);
-\set VERBOSITY terse
 SELECT * FROM iotpipe.ingest_json(ARRAY[
   '{"sensor_id":"chk-1","ts":"2026-11-27T12:00:00Z","temperature":2000}']);
-\set VERBOSITY default
 SELECT count(*) AS kept FROM iotpipe.readings WHERE sensor_id = 'chk-1';
+SELECT error FROM iotpipe.dead_letters WHERE position('"chk-1"'::bytea IN payload) > 0;
 ALTER TABLE iotpipe.readings DROP CONSTRAINT plausible;
 -- values from the direct path read back exactly, long texts too
 SELECT * FROM iotpipe.ingest_json(ARRAY[

@@ -21,8 +21,8 @@ $$;
 
 -- 1. magnitudes: 1e200 and 10000.5 °C are dead letters with their reason;
 -- 140 °C and 10000 °C (the bound) are accepted
-INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, threshold, window_size, min_samples)
-VALUES ('hv-anom', 'anomaly', 'temperature', 'hv-a1', 4, 20, 10);
+INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, threshold, window_size, min_samples, statistic)
+VALUES ('hv-anom', 'anomaly', 'temperature', 'hv-a1', 4, 20, 10, 'zscore');
 SELECT * FROM iotpipe.ingest_json(ARRAY[
   '{"sensor_id": "hv-a1", "ts": "2026-03-01T10:00:00Z", "temperature": 1e200}',
   '{"sensor_id": "hv-a1", "ts": "2026-03-01T10:00:01Z", "temperature": -1e200}',

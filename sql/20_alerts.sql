@@ -54,10 +54,11 @@ SELECT pg_temp.feed('al-r1', NULL, '2026-03-01 10:04:30+00', '30 seconds', '{30,
 SELECT rule, state, value, reading, started_at, resolved_at, resolved_value
   FROM pg_temp.shown WHERE rule LIKE 'al-rise%' ORDER BY alert_id;
 
--- 4. anomaly: |x - EWMA mean| / EWM standard deviation (span 20) above 4,
--- judged after 10 readings; a jump to 35 fires, the return to normal resolves
-INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, threshold, window_size, min_samples, severity)
-VALUES ('al-anom', 'anomaly', 'temperature', 'al-a1', 4, 20, 10, 'info');
+-- 4. anomaly, statistic zscore (0.1.0's): |x - EWMA mean| / EWM standard
+-- deviation (span 20) above 4, judged after 10 readings; a jump to 35 fires,
+-- the return to normal resolves (the robust statistic: sql/22_anomaly.sql)
+INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, threshold, window_size, min_samples, severity, statistic)
+VALUES ('al-anom', 'anomaly', 'temperature', 'al-a1', 4, 20, 10, 'info', 'zscore');
 SELECT pg_temp.feed('al-a1', NULL, '2026-03-01 10:00+00', '1 minute',
                     ARRAY(SELECT 20 + round(sin(i)::numeric, 2)::float8 FROM generate_series(1, 30) i));
 SELECT count(*) AS alerts_while_normal FROM pg_temp.shown WHERE rule = 'al-anom';
@@ -152,7 +153,7 @@ SELECT rule_id, 'al-h1', 'critical', 'firing', now() FROM iotpipe.alert_rules WH
 INSERT INTO iotpipe.alert_rules (name, kind, metric, op, threshold, clear_threshold)
 VALUES ('al-bad-clear', 'threshold', 'temperature', '>', 40, 45);
 INSERT INTO iotpipe.alert_rules (name, kind, sensor_id) VALUES ('al-bad-offline', 'offline', 'x');
-INSERT INTO iotpipe.alert_rules (name, kind, metric) VALUES ('al-bad-anomaly', 'anomaly', 'humidity');
+INSERT INTO iotpipe.alert_rules (name, kind, metric, threshold) VALUES ('al-bad-anomaly', 'anomaly', 'humidity', 0);
 
 -- 14. the NOTIFY payload
 SELECT iotpipe._alert_payload(7, 3, 'hot "one"', 'threshold', 'sensor-1', NULL, 'firing', 'critical',

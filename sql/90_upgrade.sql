@@ -49,6 +49,8 @@ INSERT INTO iotpipe.alert_rules (name, kind, metric, op, threshold, clear_thresh
 VALUES ('up-hot', 'threshold', 'temperature', '>', 30, 28, 'critical');
 INSERT INTO iotpipe.alert_rules (name, kind, for_duration, severity)
 VALUES ('up-silent', 'offline', '10 minutes', 'warning');
+INSERT INTO iotpipe.alert_rules (name, kind, metric, threshold, window_size, min_samples)
+VALUES ('up-odd', 'anomaly', 'temperature', 3, 20, 10);
 INSERT INTO iotpipe.alerts (rule_id, sensor_id, severity, state, value, started_at)
 SELECT rule_id, 'up-3', 'critical', 'firing', 31, '2026-03-01 11:30+00' FROM iotpipe.alert_rules WHERE name = 'up-hot';
 INSERT INTO iotpipe.kafka_sources (topic, brokers, group_id, workers, options, enabled)
@@ -95,6 +97,12 @@ SELECT (SELECT count(*) FROM iotpipe.alert_rules) = :rules_before AS rules_intac
        (SELECT sum(next_offset) FROM iotpipe.kafka_offsets) = :offsets_before AS offsets_intact,
        (SELECT count(*) FROM iotpipe.etl_runs) = :runs_before AS runs_intact,
        (SELECT count(*) FROM iotpipe.dead_letters) = :dead_before AS dead_letters_intact;
+-- an anomaly rule of 0.1.0 keeps its statistic and threshold; a new one gets
+-- the robust statistic and the default threshold (issue 13)
+INSERT INTO iotpipe.alert_rules (name, kind, metric) VALUES ('up-odd-new', 'anomaly', 'temperature');
+SELECT name, statistic, threshold, window_size, min_samples, warmup
+  FROM iotpipe.alert_rules WHERE kind = 'anomaly' ORDER BY rule_id;
+DELETE FROM iotpipe.alert_rules WHERE name = 'up-odd-new';
 
 -- 4. the pipeline works on the updated database: ingest, alerts (the firing
 -- alert of 0.1.0 resolves, a new one fires), the warehouse

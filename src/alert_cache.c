@@ -334,7 +334,8 @@ load_rules(void)
 					  "       coalesce(clear_threshold, threshold), "
 					  "       extract(epoch FROM for_duration)::float8, severity, "
 					  "       window_size, min_samples, "
-					  "       extract(epoch FROM rate_window)::float8 "
+					  "       extract(epoch FROM rate_window)::float8, statistic, "
+					  "       extract(epoch FROM warmup)::float8 "
 					  "  FROM iotpipe.alert_rules WHERE enabled ORDER BY rule_id",
 					  false, 0);
 	if (ret != SPI_OK_SELECT)
@@ -361,6 +362,8 @@ load_rules(void)
 			r->kind = RK_OFFLINE;
 		else if (strcmp(kind, "anomaly") == 0)
 			r->kind = RK_ANOMALY;
+		else if (strcmp(kind, "drift") == 0)
+			r->kind = RK_DRIFT;
 		else
 			continue;
 		r->metric = metric == NULL ? RM_NONE :
@@ -370,13 +373,32 @@ load_rules(void)
 		r->sensor_id = getstr(tup, desc, 5);
 		r->location = getstr(tup, desc, 6);
 		r->op = getstr(tup, desc, 7);
-		r->gt = (r->kind == RK_ANOMALY || r->op == NULL || r->op[0] == '>');
-		if (r->kind == RK_ANOMALY)
+		r->gt = (r->kind == RK_ANOMALY || r->kind == RK_DRIFT || r->op == NULL ||
+				 r->op[0] == '>');
+		if (r->kind == RK_ANOMALY || r->kind == RK_DRIFT)
 			r->op = NULL;
+		{
+			char	   *stat = SPI_getvalue(tup, desc, 15);
+
+			r->statistic = (stat != NULL && strcmp(stat, "zscore") == 0) ? AS_ZSCORE : AS_ROBUST;
+		}
+		r->warmup_us = (int64) (getf8(tup, desc, 16, &isnull) * USECS_PER_SEC);
 		r->threshold = getf8(tup, desc, 8, &isnull);
-		if (isnull && r->kind != RK_OFFLINE)
+		if (isnull && (r->kind == RK_ANOMALY || r->kind == RK_DRIFT))
+		{
+			/* NULL: the statistic's default (docs/alerts.md) */
+			r->threshold = r->kind == RK_DRIFT ? DRIFT_DEFAULT_THRESHOLD :
+				r->statistic == AS_ROBUST ? ANOMALY_ROBUST_DEFAULT_THRESHOLD :
+				ANOMALY_ZSCORE_DEFAULT_THRESHOLD;
+		}
+		else if (isnull && r->kind != RK_OFFLINE)
 			continue;
 		r->clear = getf8(tup, desc, 9, &isnull);
+		if (isnull && r->kind == RK_DRIFT)
+			r->clear = r->threshold * DRIFT_DEFAULT_CLEAR_SHARE;	/* CUSUM back near 0 */
+		else if (isnull || ((r->kind == RK_ANOMALY || r->kind == RK_DRIFT) &&
+							r->clear > r->threshold))
+			r->clear = r->threshold;
 		r->for_us = (int64) (getf8(tup, desc, 10, &isnull) * USECS_PER_SEC);
 		if (r->kind == RK_OFFLINE)
 			r->threshold = r->clear = (double) r->for_us / USECS_PER_SEC;
@@ -395,6 +417,7 @@ load_rules(void)
 	rs->features = MemoryContextAllocZero(rules_cxt, sizeof(Feature) * Max(nrules, 1));
 	rs->feat_value = MemoryContextAllocZero(rules_cxt, sizeof(double) * Max(nrules, 1));
 	rs->feat_ok = MemoryContextAllocZero(rules_cxt, sizeof(bool) * Max(nrules, 1));
+	rs->feat_explain = MemoryContextAllocZero(rules_cxt, sizeof(FeatExplain) * Max(nrules, 1));
 	rs->nfeatures = iotpipe_alert_plan_features(rules, nrules, rs->features);
 
 	ret = SPI_execute("SELECT coalesce(rule_id, 0), sensor_id, location, starts_at, ends_at "
@@ -539,6 +562,15 @@ sync_firing(SensorState *se, RuleState *st)
 	}
 }
 
+/* whether two features can share one RobustModel: the same baseline */
+static bool
+same_baseline(const Feature *a, const Feature *b)
+{
+	return iotpipe_alert_feature_has_model(a) && iotpipe_alert_feature_has_model(b) &&
+		a->metric == b->metric && a->param == b->param &&
+		a->min_samples == b->min_samples && a->warmup_us == b->warmup_us;
+}
+
 /* (re)build the states of a sensor for the current rules, keeping what still applies */
 static void
 build_states(SensorState *se)
@@ -555,6 +587,7 @@ build_states(SensorState *se)
 				j;
 
 	bool	   *used;
+	bool	   *kept;
 	int			nf = 0;
 
 	/* state for the rules in the sensor's scope only, features likewise */
@@ -593,21 +626,57 @@ build_states(SensorState *se)
 	if (se->featidx)
 		pfree(se->featidx);
 	se->featidx = MemoryContextAlloc(engine_cxt, sizeof(int32) * Max(nf, 1));
+	kept = palloc0(sizeof(bool) * Max(noldf, 1));
 	nf = 0;
 	for (i = 0; i < rs->nfeatures; i++)
 	{
 		if (!used[i])
 			continue;
 		for (j = 0; j < noldf; j++)
-			if (memcmp(&oldf[j].def, &rs->features[i], sizeof(Feature)) == 0)
+			if (!kept[j] && memcmp(&oldf[j].def, &rs->features[i], sizeof(Feature)) == 0)
 				break;
 		if (j < noldf)
+		{
 			feats[nf] = oldf[j];
+			kept[j] = true;
+		}
 		else
 			feats[nf].def = rs->features[i];
 		se->featidx[nf] = i;
 		nf++;
 	}
+
+	/*
+	 * A robust anomaly and a drift feature of the same metric and window
+	 * share one baseline (alert_eval.c observes it once per reading): a new
+	 * one takes the model of a compatible feature if there is one.
+	 */
+	for (i = 0; i < nf; i++)
+	{
+		if (feats[i].model || !iotpipe_alert_feature_has_model(&feats[i].def))
+			continue;
+		for (j = 0; j < nf; j++)
+			if (j != i && feats[j].model && same_baseline(&feats[i].def, &feats[j].def))
+				break;
+		feats[i].model = j < nf ? feats[j].model :
+			MemoryContextAllocZero(engine_cxt, sizeof(RobustModel));
+	}
+	/* the baselines no feature needs any more, each once */
+	for (j = 0; j < noldf; j++)
+	{
+		int			k;
+		bool		in_use = false;
+
+		if (kept[j] || oldf[j].model == NULL)
+			continue;
+		for (k = 0; k < nf && !in_use; k++)
+			in_use = feats[k].model == oldf[j].model;
+		for (k = 0; k < j && !in_use; k++)
+			in_use = !kept[k] && oldf[k].model == oldf[j].model;	/* freed already */
+		if (!in_use)
+			pfree(oldf[j].model);
+	}
+	pfree(kept);
 	pfree(used);
 	if (old)
 		pfree(old);

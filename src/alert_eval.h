@@ -23,8 +23,22 @@ typedef enum RuleKind
 	RK_THRESHOLD,
 	RK_RATE,
 	RK_OFFLINE,
-	RK_ANOMALY
+	RK_ANOMALY,
+	RK_DRIFT
 } RuleKind;
+
+/* anomaly: which statistic (alert_rules.statistic); docs/alerts.md */
+typedef enum AnomalyStatistic
+{
+	AS_ZSCORE,					/* 0.1.0: EWMA mean and variance, z > threshold */
+	AS_ROBUST					/* robust scale, daily baseline, tail of the recent z */
+} AnomalyStatistic;
+
+/* defaults of a NULL threshold (alert_rules.threshold) */
+#define ANOMALY_ZSCORE_DEFAULT_THRESHOLD	4.0
+#define ANOMALY_ROBUST_DEFAULT_THRESHOLD	6.0
+#define DRIFT_DEFAULT_THRESHOLD				50.0
+#define DRIFT_DEFAULT_CLEAR_SHARE			0.1 /* NULL clear_threshold: 1/10 of it */
 
 typedef enum RuleMetric
 {
@@ -54,6 +68,8 @@ typedef struct AlertRule
 	int			min_samples;
 	double		alpha;			/* anomaly: 2 / (window_size + 1) */
 	double		rate_tau_us;	/* rate: smoothing time constant, 0 = raw */
+	AnomalyStatistic statistic; /* anomaly */
+	int64		warmup_us;		/* anomaly (robust), drift: event time before judging */
 	uint32		sig;			/* what state depends on: kind, metric, window */
 	int			feature;		/* index into features[] (not offline) */
 } AlertRule;
@@ -68,16 +84,60 @@ typedef enum FeatKind
 {
 	FK_VALUE,
 	FK_RATE,
-	FK_ANOMALY
+	FK_ANOMALY,					/* zscore */
+	FK_ROBUST,					/* anomaly, robust */
+	FK_DRIFT
 } FeatKind;
 
 typedef struct Feature
 {
 	FeatKind	kind;
 	RuleMetric	metric;
-	double		param;			/* rate: tau (us); anomaly: alpha */
-	int			min_samples;	/* anomaly */
+	double		param;			/* rate: tau (us); anomaly, drift: alpha */
+	int			min_samples;	/* anomaly, drift */
+	int64		warmup_us;		/* robust, drift */
 } Feature;
+
+/*
+ * The baseline of a sensor's metric for the robust anomaly and drift
+ * features (alert_eval.c, docs/alerts.md): an EWMA level with an EWMA of
+ * absolute deviations as its scale, the same per hour of the day (UTC), the
+ * choice between the two, and the statistics built on the residual.  O(1):
+ * about 700 bytes per sensor and baseline, allocated by alert_cache.c; a
+ * robust anomaly and a drift feature with the same metric, window, warm-up
+ * share one (the reading is observed once).
+ */
+#define ALERT_DAY_BUCKETS	24
+
+typedef struct RobustModel
+{
+	int32		n;				/* readings seen */
+	TimestampTz first_ts;		/* event time of the first one */
+	TimestampTz prev_ts;
+	double		dt;				/* EWMA of the sampling interval, seconds (0 = unknown) */
+	double		mu;				/* level: EWMA of the value */
+	double		mad;			/* EWMA of |x - mu| */
+	double		hmu[ALERT_DAY_BUCKETS]; /* per hour of the day: level */
+	double		hmad[ALERT_DAY_BUCKETS];	/* ... and absolute deviation */
+	double		hdays[ALERT_DAY_BUCKETS];	/* ... days of readings it has seen */
+	double		err_flat;		/* EWMA of the clipped |residual| of each baseline */
+	double		err_daily;
+	int32		nerr;
+	/* robust anomaly: z smoothed, and its long-run mean and variance */
+	double		zs;
+	double		zmean;
+	double		zvar;
+	int32		nz;
+	/* drift: scale of the residual, two one-sided CUSUMs */
+	double		rscale;
+	int32		nres;
+	double		cusum_up;
+	double		cusum_down;
+	/* the last reading's residual, scale and baseline (shared models observe once) */
+	double		last_resid;
+	double		last_scale;
+	double		last_baseline;
+} RobustModel;
 
 /* per (feature, sensor) */
 typedef struct FeatState
@@ -89,7 +149,16 @@ typedef struct FeatState
 	double		prev_value;
 	double		mean;			/* anomaly: EWMA of the value; rate: smoothed rate */
 	double		var;			/* anomaly: EWM variance */
+	RobustModel *model;			/* robust, drift (alert_cache.c allocates it) */
 } FeatState;
+
+/* why a feature has its value: for the alerts row and the payload */
+typedef struct FeatExplain
+{
+	double		baseline;		/* what the value was expected to be */
+	double		scale;			/* its spread (a standard deviation) */
+	double		score;			/* signed: z of the reading, or the drift's CUSUM */
+} FeatExplain;
 
 /* per (rule, sensor) evaluation state: small, the loop over rules is hot */
 typedef struct RuleState
@@ -128,6 +197,7 @@ typedef struct AlertRuleSet
 	int			nfeatures;
 	double	   *feat_value;		/* scratch of the reading at hand, per feature */
 	bool	   *feat_ok;
+	FeatExplain *feat_explain;
 } AlertRuleSet;
 
 /*
@@ -137,10 +207,17 @@ typedef struct AlertRuleSet
  */
 typedef void (*AlertEmit) (const AlertRule *r, SensorState *se, RuleState *st, bool fire,
 						   bool value_null, double value, bool reading_null, double reading,
-						   TimestampTz ts);
+						   TimestampTz ts, const FeatExplain *explain);
 
 /* what the state of a rule depends on: rules with the same sig share it */
 extern uint32 iotpipe_alert_rule_sig(const AlertRule *r, int window_size);
+
+/* whether a feature keeps a RobustModel (alert_cache.c allocates it) */
+static inline bool
+iotpipe_alert_feature_has_model(const Feature *f)
+{
+	return f->kind == FK_ROBUST || f->kind == FK_DRIFT;
+}
 
 /*
  * Fill features[] (room for nrules) with the features the rules need, each

@@ -25,6 +25,7 @@
 #include "iotpipe.h"
 #include "alert_cache.h"
 #include "alert_write.h"
+#include "delivery_outbox.h"
 #include "guc.h"
 #include "shmem.h"
 #include "spiutil.h"
@@ -71,6 +72,8 @@ typedef struct AlertEvent
 	TimestampTz ts;
 	int64		alert_id;		/* resolve: known; fire: assigned by the INSERT */
 	TimestampTz started_at;
+	bool		has_explain;	/* anomaly, drift: why (baseline, scale, score) */
+	FeatExplain explain;
 } AlertEvent;
 
 static AlertEvent *events = NULL;	/* write queue of the batch */
@@ -153,6 +156,7 @@ typedef struct PayloadArgs
 	TimestampTz ts;
 	bool		started_null;
 	TimestampTz started_at;
+	const FeatExplain *explain; /* anomaly, drift; NULL: no such keys */
 } PayloadArgs;
 
 /*
@@ -162,7 +166,9 @@ typedef struct PayloadArgs
  * whole ingest transaction).  A payload that would be longer is built again
  * with each string field cut, at a character boundary, to a budget of
  * escaped bytes, and gets "truncated": true.  The budgets add up to well
- * under the limit, escapes (\u00XX) included.  docs/alerts.md.
+ * under the limit, escapes (\u00XX) included; the 1024 bytes left over
+ * hold the keys, the numbers (baseline, scale and score of anomaly and
+ * drift alerts among them: under 120 bytes) and the times.  docs/alerts.md.
  */
 #define IOTPIPE_PAYLOAD_MAX		7000
 #define TRUNC_RULE_BYTES		1024
@@ -248,10 +254,27 @@ build_payload_cut(StringInfo buf, const PayloadArgs *p, bool cut)
 	json_num(buf, "threshold", p->threshold_null, p->threshold);
 	json_ts(buf, "ts", p->ts_null, p->ts);
 	json_ts(buf, "started_at", p->started_null, p->started_at);
+	if (p->explain)
+	{
+		/* three numbers: within the 1024 bytes the budgets leave over */
+		json_num(buf, "baseline", false, p->explain->baseline);
+		json_num(buf, "scale", false, p->explain->scale);
+		json_num(buf, "score", false, p->explain->score);
+	}
 	if (truncated)
 		appendStringInfoString(buf, ",\"truncated\":true");
 	appendStringInfoChar(buf, '}');
 	return truncated;
+}
+
+static void
+build_payload_whole(StringInfo buf, const PayloadArgs *p)
+{
+	build_payload_cut(buf, p, false);
+	if (buf->len < IOTPIPE_PAYLOAD_MAX)
+		return;
+	resetStringInfo(buf);
+	build_payload_cut(buf, p, true);
 }
 
 static void
@@ -340,9 +363,8 @@ iotpipe_alert_notify(PG_FUNCTION_ARGS)
 
 #define ARG_TEXT(n) (PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n)))
 
-PG_FUNCTION_INFO_V1(iotpipe_alert_payload);
-Datum
-iotpipe_alert_payload(PG_FUNCTION_ARGS)
+static Datum
+payload_from_args(FunctionCallInfo fcinfo, bool whole)
 {
 	PayloadArgs p;
 	StringInfoData buf;
@@ -367,19 +389,41 @@ iotpipe_alert_payload(PG_FUNCTION_ARGS)
 	p.ts = p.ts_null ? 0 : PG_GETARG_TIMESTAMPTZ(13);
 	p.started_null = PG_ARGISNULL(14);
 	p.started_at = p.started_null ? 0 : PG_GETARG_TIMESTAMPTZ(14);
+	p.explain = NULL;
 	initStringInfo(&buf);
-	build_payload(&buf, &p);
+	if (whole)
+		build_payload_whole(&buf, &p);
+	else
+		build_payload(&buf, &p);
 	PG_RETURN_TEXT_P(cstring_to_text_with_len(buf.data, buf.len));
 }
 
-static void
-notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *state,
-	   bool value_null, double value, bool reading_null, double reading,
-	   TimestampTz ts, TimestampTz started_at)
+/*
+ * The payload receivers get (iotpipe._delivery_payload, the outbox): whole,
+ * also with iotpipe.notify_ids_only, which limits what LISTEN reveals;
+ * receivers are configured by iotpipe_admin.
+ */
+PG_FUNCTION_INFO_V1(iotpipe_alert_payload);
+Datum
+iotpipe_alert_payload(PG_FUNCTION_ARGS)
 {
-	PayloadArgs p;
-	StringInfoData buf;
+	return payload_from_args(fcinfo, false);
+}
 
+PG_FUNCTION_INFO_V1(iotpipe_delivery_payload);
+Datum
+iotpipe_delivery_payload(PG_FUNCTION_ARGS)
+{
+	return payload_from_args(fcinfo, true);
+}
+
+static void
+payload_args(PayloadArgs *pa, const AlertRule *r, const SensorState *se, int64 alert_id,
+			 const char *state, bool value_null, double value, bool reading_null,
+			 double reading, TimestampTz ts, TimestampTz started_at,
+			 const FeatExplain *explain)
+{
+#define p (*pa)
 	p.alert_id = alert_id;
 	p.rule_id = r->rule_id;
 	p.rule = r->name;
@@ -400,10 +444,87 @@ notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *st
 	p.ts = ts;
 	p.started_null = false;
 	p.started_at = started_at;
+	p.explain = explain;
+#undef p
+}
+
+static void
+notify(const AlertRule *r, const SensorState *se, int64 alert_id, const char *state,
+	   bool value_null, double value, bool reading_null, double reading,
+	   TimestampTz ts, TimestampTz started_at, const FeatExplain *explain)
+{
+	PayloadArgs p;
+	StringInfoData buf;
+
+	payload_args(&p, r, se, alert_id, state, value_null, value, reading_null, reading, ts,
+				 started_at, explain);
 	initStringInfo(&buf);
 	build_payload(&buf, &p);
 	Async_Notify(ALERTS_CHANNEL, buf.data);
 	pfree(buf.data);
+}
+
+/*
+ * The batch's notified fires and resolves into the delivery outbox
+ * (delivery_outbox.c), in order, in this transaction: only when a route
+ * exists, so a site without receivers pays one cached check per batch.
+ * A full NOTIFY queue does not stop delivery.
+ */
+static void
+enqueue_deliveries(void)
+{
+	const AlertRule *rules = iotpipe_alert_rules.rules;
+	int			n = 0,
+				i;
+	Datum	   *aids,
+			   *evs,
+			   *rls,
+			   *sevs,
+			   *locs,
+			   *sids,
+			   *pls;
+	bool	   *locnulls;
+
+	for (i = 0; i < nevents; i++)
+		if (events[i].done && !events[i].silenced)
+			n++;
+	if (n == 0 || !iotpipe_outbox_routes_exist())
+		return;
+	aids = palloc(sizeof(Datum) * n);
+	evs = palloc(sizeof(Datum) * n);
+	rls = palloc(sizeof(Datum) * n);
+	sevs = palloc(sizeof(Datum) * n);
+	locs = palloc(sizeof(Datum) * n);
+	sids = palloc(sizeof(Datum) * n);
+	pls = palloc(sizeof(Datum) * n);
+	locnulls = palloc(sizeof(bool) * n);
+	n = 0;
+	for (i = 0; i < nevents; i++)
+	{
+		AlertEvent *ev = &events[i];
+		const AlertRule *r = &rules[ev->rule_idx];
+		PayloadArgs p;
+		StringInfoData buf;
+
+		if (!ev->done || ev->silenced)
+			continue;
+		payload_args(&p, r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
+					 ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
+					 ev->reading, ev->ts, ev->started_at,
+					 ev->has_explain ? &ev->explain : NULL);
+		initStringInfo(&buf);
+		build_payload_whole(&buf, &p);
+		aids[n] = Int64GetDatum(ev->alert_id);
+		evs[n] = CStringGetTextDatum(ev->fire ? "firing" : "resolved");
+		rls[n] = CStringGetTextDatum(r->name);
+		sevs[n] = CStringGetTextDatum(r->severity);
+		locnulls[n] = (ev->se->location == NULL);
+		locs[n] = locnulls[n] ? (Datum) 0 : CStringGetTextDatum(ev->se->location);
+		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
+		pls[n] = CStringGetTextDatum(buf.data);
+		n++;
+	}
+	iotpipe_outbox_enqueue(n, aids, evs, rls, sevs, locs, locnulls, sids, pls);
 }
 
 /* ---------- transaction bookkeeping ---------- */
@@ -451,7 +572,8 @@ iotpipe_alert_write_begin(void)
 
 static void
 queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool value_null,
-			double value, bool reading_null, double reading, TimestampTz ts, int64 alert_id)
+			double value, bool reading_null, double reading, TimestampTz ts, int64 alert_id,
+			const FeatExplain *explain)
 {
 	AlertEvent *ev;
 	int			round = 0;
@@ -465,7 +587,7 @@ queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool 
 		{
 			iotpipe_alert_flush();	/* a very long chain: write what we have */
 			return queue_event(r, se, st, fire, value_null, value, reading_null, reading, ts,
-							   alert_id);
+							   alert_id, explain);
 		}
 		if (fire)
 			round = last->round;	/* after the resolve, in the same round */
@@ -496,6 +618,11 @@ queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool 
 	ev->round = round;
 	ev->fire_ref = fire_ref;
 	ev->silenced = iotpipe_alert_silenced(r, se->sensor_id, se->location);
+	if (explain)
+	{
+		ev->has_explain = true;
+		ev->explain = *explain;
+	}
 	st->queued = true;
 	st->qlast = nevents - 1;
 }
@@ -503,7 +630,7 @@ queue_event(const AlertRule *r, SensorState *se, RuleState *st, bool fire, bool 
 void
 iotpipe_alert_queue(const AlertRule *r, SensorState *se, RuleState *st, bool fire,
 					bool value_null, double value, bool reading_null, double reading,
-					TimestampTz ts)
+					TimestampTz ts, const FeatExplain *explain)
 {
 	int64		alert_id = 0;
 
@@ -520,7 +647,8 @@ iotpipe_alert_queue(const AlertRule *r, SensorState *se, RuleState *st, bool fir
 		}
 		alert_id = fe->alert_id;
 	}
-	queue_event(r, se, st, fire, value_null, value, reading_null, reading, ts, alert_id);
+	queue_event(r, se, st, fire, value_null, value, reading_null, reading, ts, alert_id,
+				explain);
 }
 
 /* ---------- writing ---------- */
@@ -629,10 +757,14 @@ write_fires(int round)
 	Datum	   *ths = palloc(sizeof(Datum) * nevents);
 	Datum	   *tss = palloc(sizeof(Datum) * nevents);
 	Datum	   *sils = palloc(sizeof(Datum) * nevents);
-	Datum		args[10];
+	Datum	   *exs[3];
+	bool	   *exnulls = palloc(sizeof(bool) * nevents);
+	Datum		args[13];
 	int			ret;
 	uint64		k;
 
+	for (i = 0; i < 3; i++)
+		exs[i] = palloc(sizeof(Datum) * nevents);
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
@@ -640,6 +772,10 @@ write_fires(int round)
 
 		if (!ev->fire || ev->round != round)
 			continue;
+		exnulls[n] = !ev->has_explain;
+		exs[0][n] = Float8GetDatum(ev->explain.baseline);
+		exs[1][n] = Float8GetDatum(ev->explain.scale);
+		exs[2][n] = Float8GetDatum(ev->explain.score);
 		rids[n] = Int32GetDatum(r->rule_id);
 		sids[n] = CStringGetTextDatum(ev->se->sensor_id);
 		locnulls[n] = (ev->se->location == NULL);
@@ -659,22 +795,25 @@ write_fires(int round)
 		return;
 	if (fire_plan == NULL)
 	{
-		Oid			types[10] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		Oid			types[13] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			TEXTARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID,
-		TIMESTAMPTZARRAYOID, BOOLARRAYOID};
+			TIMESTAMPTZARRAYOID, BOOLARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID,
+		FLOAT8ARRAYOID};
 
 		fire_plan = iotpipe_keep_plan("INSERT INTO iotpipe.alerts AS a "
 									  "  (rule_id, sensor_id, location, severity, state, metric, value, "
-									  "   reading, threshold, started_at, silenced) "
-									  "SELECT u.r, u.s, u.l, u.sev, 'firing', u.m, u.v, u.rd, u.th, u.ts, u.sil "
+									  "   reading, threshold, started_at, silenced, baseline, scale, score) "
+									  "SELECT u.r, u.s, u.l, u.sev, 'firing', u.m, u.v, u.rd, u.th, u.ts, u.sil, "
+									  "       u.b, u.sc, u.z "
 									  "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
 									  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 									  "pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), "
-									  "pg_catalog.unnest($10)) "
-									  "       AS u(r, s, l, sev, m, v, rd, th, ts, sil) "
+									  "pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), "
+									  "pg_catalog.unnest($13)) "
+									  "       AS u(r, s, l, sev, m, v, rd, th, ts, sil, b, sc, z) "
 									  "ON CONFLICT (rule_id, sensor_id) WHERE state = 'firing' DO NOTHING "
 									  "RETURNING a.rule_id, a.sensor_id, a.alert_id",
-									  10, types, 0);
+									  13, types, 0);
 	}
 	args[0] = iotpipe_byval_array(rids, NULL, n, INT4OID);
 	args[1] = iotpipe_text_array(sids, NULL, n);
@@ -686,6 +825,8 @@ write_fires(int round)
 	args[7] = iotpipe_float8_array(ths, NULL, n);
 	args[8] = iotpipe_byval_array(tss, NULL, n, TIMESTAMPTZOID);
 	args[9] = iotpipe_byval_array(sils, NULL, n, BOOLOID);
+	for (i = 0; i < 3; i++)
+		args[10 + i] = iotpipe_float8_array(exs[i], exnulls, n);
 	iotpipe_alert_cache_writing(true);
 	ret = SPI_execute_plan(fire_plan, args, NULL, false, 0);
 	iotpipe_alert_cache_writing(false);
@@ -782,6 +923,7 @@ iotpipe_alert_flush(void)
 			room = notify_queue_has_room();
 			break;
 		}
+	enqueue_deliveries();
 	for (i = 0; i < nevents; i++)
 	{
 		AlertEvent *ev = &events[i];
@@ -806,7 +948,7 @@ iotpipe_alert_flush(void)
 		else if (ev->done && !ev->silenced)
 			notify(r, ev->se, ev->alert_id, ev->fire ? "firing" : "resolved",
 				   ev->value_null, ev->value, ev->reading_null || r->kind == RK_OFFLINE,
-				   ev->reading, ev->ts, ev->started_at);
+				   ev->reading, ev->ts, ev->started_at, ev->has_explain ? &ev->explain : NULL);
 	}
 	nevents = 0;
 }

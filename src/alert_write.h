@@ -17,7 +17,7 @@ extern void iotpipe_alert_write_begin(void);
 /* queue one fire or resolve: the AlertEmit of iotpipe_alert_evaluate() */
 extern void iotpipe_alert_queue(const AlertRule *r, SensorState *se, RuleState *st, bool fire,
 								bool value_null, double value, bool reading_null,
-								double reading, TimestampTz ts);
+								double reading, TimestampTz ts, const FeatExplain *explain);
 
 /* write the queued events round by round, then notify them in order (SPI connected) */
 extern void iotpipe_alert_flush(void);

@@ -28,6 +28,12 @@ int			iotpipe_kafka_max_message_bytes = IOTPIPE_MAX_MESSAGE;
 char	   *iotpipe_secrets_dir = NULL;
 double		iotpipe_notify_queue_limit = 0.5;
 bool		iotpipe_notify_ids_only = false;
+int			iotpipe_notify_timeout_ms = 10000;
+int			iotpipe_notify_concurrency = 16;
+int			iotpipe_notify_max_attempts = 10;
+int			iotpipe_notify_max_age_s = 86400;
+int			iotpipe_notify_retry_base_ms = 1000;
+int			iotpipe_notify_retry_max_ms = 300000;
 
 void
 iotpipe_guc_init(bool preloading)
@@ -72,8 +78,8 @@ iotpipe_guc_init(bool preloading)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("iotpipe.sensor_refresh",
-							"Longest time iotpipe.sensors may lag behind the readings.",
-							"A backend rewrites a sensor's row at most this often; iotpipe.ingest_json() writes all at the end of each call.",
+							"Longest time iotpipe.sensors may lag behind a worker's readings.",
+							"Worker batches record their sensors in iotpipe.sensor_deltas, folded into iotpipe.sensors this often (and by the launcher when older); iotpipe.ingest_json() writes them at once.",
 							&iotpipe_sensor_refresh_ms,
 							1000, 0, 3600 * 1000,
 							PGC_SUSET,
@@ -168,6 +174,56 @@ iotpipe_guc_init(bool preloading)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	/* alert delivery: the notifier worker (delivery_worker.c), README "Alert delivery" */
+	DefineCustomIntVariable("iotpipe.notify_timeout",
+							"Longest time one delivery attempt (connect, TLS, request, answer) may take.",
+							"An attempt that takes longer fails and is retried like any other failure.",
+							&iotpipe_notify_timeout_ms,
+							10000, 100, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("iotpipe.notify_concurrency",
+							"Largest number of deliveries the notifier has in flight at once.",
+							NULL,
+							&iotpipe_notify_concurrency,
+							16, 1, 1024,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("iotpipe.notify_max_attempts",
+							"Attempts after which a notification that still fails is marked failed.",
+							NULL,
+							&iotpipe_notify_max_attempts,
+							10, 1, 1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("iotpipe.notify_max_age",
+							"Age after which a notification that is not delivered yet is marked failed.",
+							"Counted from the alert event that queued it; a receiver down for longer gets the later ones only.",
+							&iotpipe_notify_max_age_s,
+							86400, 1, INT_MAX / 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("iotpipe.notify_retry_base",
+							"Pause before the first retry of a failed delivery; each further retry doubles it.",
+							"Each pause is drawn between half and all of its value (jitter), and capped by iotpipe.notify_retry_max.",
+							&iotpipe_notify_retry_base_ms,
+							1000, 1, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("iotpipe.notify_retry_max",
+							"Longest pause between two attempts of a failed delivery.",
+							NULL,
+							&iotpipe_notify_retry_max_ms,
+							300000, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("iotpipe");
 }

@@ -25,6 +25,13 @@ extern int	iotpipe_kafka_max_message_bytes;
 extern char *iotpipe_secrets_dir;
 extern double iotpipe_notify_queue_limit;
 extern bool iotpipe_notify_ids_only;
+/* alert delivery (delivery_worker.c) */
+extern int	iotpipe_notify_timeout_ms;
+extern int	iotpipe_notify_concurrency;
+extern int	iotpipe_notify_max_attempts;
+extern int	iotpipe_notify_max_age_s;
+extern int	iotpipe_notify_retry_base_ms;
+extern int	iotpipe_notify_retry_max_ms;
 extern void iotpipe_guc_init(bool preloading);
 
 #endif							/* IOTPIPE_GUC_H */

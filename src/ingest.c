@@ -10,8 +10,11 @@
  *	         (tuple routing, multi-insert, indexes, constraints, as COPY
  *	         does: the bulk writer, bulkwrite.c, shared with the ETL), or
  *	         with COPY FROM an in-memory binary stream when the
- *	         table has triggers or other things only COPY handles
- *	      3. note the batch's sensors and upsert those due (sensors.c)
+ *	         table has triggers or other things only COPY handles; in a
+ *	         subtransaction, so that rows the database refuses (a DBA's
+ *	         constraint or trigger) become dead letters (rowguard.c)
+ *	      3. the batch's sensors, counts included (sensors.c): upserted
+ *	         (ingest_json), or a delta a worker folds in later
  *	      4. run the alert engine over the accepted readings (alerts.c)
  *	      5. write rejects to iotpipe.dead_letters with their exact bytes
  *
@@ -27,10 +30,11 @@
 #include "bulkwrite.h"
 #include "guc.h"
 #include "partition.h"
+#include "rowguard.h"
 #include "sensors.h"
+#include "shmem.h"
 #include "spiutil.h"
 #include "version.h"
-#include "worker.h"
 #include "ingest.h"
 
 #include "access/table.h"
@@ -38,6 +42,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
+#include "commands/trigger.h"
 #include "access/heapam.h"
 #include "access/tableam.h"
 #include "executor/executor.h"
@@ -52,9 +57,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
-#include "utils/json.h"
-#include "common/shortest_dec.h"
-#include "utils/datetime.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -74,15 +76,38 @@ typedef struct IotReject
 	bool		has_coords;
 } IotReject;
 
+/* where an accepted reading came from: kept until the batch is written */
+typedef struct IotRaw
+{
+	size_t		off;			/* its bytes in IotBatch.raw */
+	size_t		len;
+	const char *source;
+	const char *topic;			/* NULL: no Kafka coordinates */
+	int			partition;
+	int64		offset;
+} IotRaw;
+
 struct IotBatch
 {
 	MemoryContext cxt;			/* everything of one batch; reset per batch */
 	IotReading *readings;
+	IotRaw	   *raws;			/* one per reading: its message, for a dead letter */
 	int			nreadings;
 	int			readings_cap;
+	char	   *raw;			/* the accepted messages' bytes, one after another */
+	size_t		raw_len;
+	size_t		raw_cap;
+	const char *topic;			/* the last Kafka topic seen, copied */
 	IotReject  *rejects;
 	int			nrejects;
 	int			rejects_cap;
+	/* set by the flush, each time: rows held or refused by the database */
+	IotReject  *db_rejects;
+	int			ndb_rejects;
+	IotReading *rows;			/* the readings to write: all, or those not held */
+	int		   *rowidx;			/* rows[i] is readings[rowidx[i]]; NULL: the same */
+	int			nrows;
+	bool	   *refused;		/* per row, NULL when none was */
 	TimestampTz now;			/* reference for "in the future" */
 	const char *source;			/* of the readings, for those held */
 };
@@ -105,12 +130,22 @@ iotpipe_batch_reset(IotBatch *batch)
 	MemoryContextReset(batch->cxt);
 	batch->readings_cap = 1024;
 	batch->readings = MemoryContextAlloc(batch->cxt, sizeof(IotReading) * batch->readings_cap);
+	batch->raws = MemoryContextAlloc(batch->cxt, sizeof(IotRaw) * batch->readings_cap);
 	batch->nreadings = 0;
+	batch->raw_cap = 64 * 1024;
+	batch->raw = MemoryContextAlloc(batch->cxt, batch->raw_cap);
+	batch->raw_len = 0;
+	batch->topic = NULL;
+	batch->db_rejects = NULL;
+	batch->rows = NULL;
+	batch->rowidx = NULL;
+	batch->nrows = 0;
+	batch->ndb_rejects = 0;
+	batch->refused = NULL;
 	batch->rejects_cap = 16;
 	batch->rejects = MemoryContextAlloc(batch->cxt, sizeof(IotReject) * batch->rejects_cap);
 	batch->nrejects = 0;
 	batch->now = GetCurrentTimestamp();
-	batch->source = NULL;
 }
 
 int
@@ -168,6 +203,7 @@ iotpipe_batch_add(IotBatch *batch, const char *data, size_t len, const IotSource
 	{
 		batch->readings_cap *= 2;
 		batch->readings = repalloc_huge(batch->readings, sizeof(IotReading) * batch->readings_cap);
+		batch->raws = repalloc_huge(batch->raws, sizeof(IotRaw) * batch->readings_cap);
 	}
 	r = &batch->readings[batch->nreadings];
 	old = MemoryContextSwitchTo(batch->cxt);
@@ -175,9 +211,28 @@ iotpipe_batch_add(IotBatch *batch, const char *data, size_t len, const IotSource
 	MemoryContextSwitchTo(old);
 	if (reason == NULL)
 	{
-		if (batch->source == NULL)
-			batch->source = src->source;
-		batch->nreadings++;
+		IotRaw	   *raw = &batch->raws[batch->nreadings++];
+
+		/*
+		 * The message's bytes, in case the database refuses the row (a
+		 * constraint, a trigger): its dead letter keeps the exact payload.
+		 */
+		if (batch->raw_len + len > batch->raw_cap)
+		{
+			while (batch->raw_len + len > batch->raw_cap)
+				batch->raw_cap *= 2;
+			batch->raw = repalloc_huge(batch->raw, batch->raw_cap);
+		}
+		memcpy(batch->raw + batch->raw_len, data, len);
+		raw->off = batch->raw_len;
+		raw->len = len;
+		batch->raw_len += len;
+		raw->source = src->source;
+		if (src->topic && (batch->topic == NULL || strcmp(batch->topic, src->topic) != 0))
+			batch->topic = MemoryContextStrdup(batch->cxt, src->topic);
+		raw->topic = src->topic ? batch->topic : NULL;
+		raw->partition = src->partition;
+		raw->offset = src->offset;
 		return true;
 	}
 	iotpipe_batch_reject(batch, data, len, src, reason);
@@ -239,22 +294,22 @@ put_float8(StringInfo buf, double v)
 
 #define READINGS_NATTS 7
 
-/* the PGCOPY binary stream of the batch's accepted readings */
+/* the PGCOPY binary stream of n accepted readings */
 static void
-build_copy_stream(IotBatch *batch, StringInfo buf)
+build_copy_stream(const IotReading *rows, int n, StringInfo buf)
 {
 	static const char sig[11] = "PGCOPY\n\377\r\n\0";
 	TimestampTz ingested_at = GetCurrentTimestamp();
 	uint64		xid = U64FromFullTransactionId(GetTopFullTransactionId());
 	int			i;
 
-	enlargeStringInfo(buf, 19 + batch->nreadings * 120);
+	enlargeStringInfo(buf, 19 + n * 120);
 	appendBinaryStringInfoNT(buf, sig, 11);
 	put_int32(buf, 0);			/* flags */
 	put_int32(buf, 0);			/* header extension length */
-	for (i = 0; i < batch->nreadings; i++)
+	for (i = 0; i < n; i++)
 	{
-		IotReading *r = &batch->readings[i];
+		const IotReading *r = &rows[i];
 
 		enlargeStringInfo(buf, 2 + 7 * 4 + r->sensor_id_len + r->location_len + 40);
 		put_int16(buf, READINGS_NATTS);
@@ -317,7 +372,7 @@ iotpipe_relid(const char *relname)
  * and the caller uses COPY, which knows all of that.
  */
 static inline void
-direct_values(TupleTableSlot *slot, IotReading *r, Datum sensor_id, Datum location,
+direct_values(TupleTableSlot *slot, const IotReading *r, Datum sensor_id, Datum location,
 			  TimestampTz ingested_at, FullTransactionId xid)
 {
 	Datum	   *v = slot->tts_values;
@@ -362,7 +417,7 @@ direct_text(char **buf, const char *data, int len)
 }
 
 static bool
-insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
+insert_readings_direct(const IotReading *rows, int n, Relation rel, List *rtable)
 {
 	static const Oid types[READINGS_NATTS] = {
 		TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, TEXTOID, TIMESTAMPTZOID, XID8OID
@@ -390,17 +445,17 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 		return false;
 
 	/* the text values, in one buffer */
-	for (int i = 0; i < batch->nreadings; i++)
-		text_size += batch->readings[i].sensor_id_len + batch->readings[i].location_len + 2 * (VARHDRSZ + 3);
+	for (int i = 0; i < n; i++)
+		text_size += rows[i].sensor_id_len + rows[i].location_len + 2 * (VARHDRSZ + 3);
 	text_buf = palloc(text_size + 8);
-	ids = palloc(sizeof(Datum) * batch->nreadings);
-	locs = palloc(sizeof(Datum) * batch->nreadings);
+	ids = palloc(sizeof(Datum) * n);
+	locs = palloc(sizeof(Datum) * n);
 	{
 		char	   *p = text_buf;
 
-		for (int i = 0; i < batch->nreadings; i++)
+		for (int i = 0; i < n; i++)
 		{
-			IotReading *r = &batch->readings[i];
+			const IotReading *r = &rows[i];
 
 			ids[i] = direct_text(&p, r->sensor_id, r->sensor_id_len);
 			locs[i] = r->location ? direct_text(&p, r->location, r->location_len) : (Datum) 0;
@@ -409,11 +464,11 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 
 	/* route every row first: nothing is written unless all can go direct */
 	rootslot = iotpipe_bulk_root_slot(w);
-	dest = palloc(sizeof(BulkTarget *) * batch->nreadings);
-	for (int i = 0; i < batch->nreadings; i++)
+	dest = palloc(sizeof(BulkTarget *) * n);
+	for (int i = 0; i < n; i++)
 	{
 		ExecClearTuple(rootslot);
-		direct_values(rootslot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+		direct_values(rootslot, &rows[i], ids[i], locs[i], ingested_at, xid);
 		ExecStoreVirtualTuple(rootslot);
 		dest[i] = iotpipe_bulk_route(w, rootslot);
 		if (dest[i] == NULL)
@@ -425,11 +480,11 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 
 	if (ok)
 	{
-		for (int i = 0; i < batch->nreadings; i++)
+		for (int i = 0; i < n; i++)
 		{
 			TupleTableSlot *slot = iotpipe_bulk_slot(w, dest[i]);
 
-			direct_values(slot, &batch->readings[i], ids[i], locs[i], ingested_at, xid);
+			direct_values(slot, &rows[i], ids[i], locs[i], ingested_at, xid);
 			iotpipe_bulk_store(w, dest[i], slot);
 		}
 	}
@@ -438,7 +493,7 @@ insert_readings_direct(IotBatch *batch, Relation rel, List *rtable)
 }
 
 static void
-copy_readings(IotBatch *batch)
+copy_readings(const IotReading *rows, int n)
 {
 	static const char *const cols[READINGS_NATTS] = {
 		"sensor_id", "ts", "temperature", "humidity", "location", "ingested_at", "ingest_xid"
@@ -472,7 +527,7 @@ copy_readings(IotBatch *batch)
 	ExecCheckRTPerms(pstate->p_rtable, true);
 #endif
 	/* the common case: straight into the partitions, without COPY's parse */
-	if (insert_readings_direct(batch, rel, pstate->p_rtable))
+	if (insert_readings_direct(rows, n, rel, pstate->p_rtable))
 	{
 		free_parsestate(pstate);
 		table_close(rel, NoLock);
@@ -491,7 +546,7 @@ copy_readings(IotBatch *batch)
 					 saved_client_encoding != PG_SQL_ASCII);
 
 	initStringInfo(&buf);
-	build_copy_stream(batch, &buf);
+	build_copy_stream(rows, n, &buf);
 
 	copy_src_data = buf.data;
 	copy_src_len = buf.len;
@@ -521,10 +576,11 @@ copy_readings(IotBatch *batch)
 
 /* ---------- dead letters ---------- */
 
+/* the rejects of parsing and the rows the database refused, in one insert */
 static void
 write_dead_letters(IotBatch *batch)
 {
-	int			n = batch->nrejects;
+	int			n = batch->nrejects + batch->ndb_rejects;
 	Datum	   *sources = palloc(sizeof(Datum) * n);
 	Datum	   *topics = palloc(sizeof(Datum) * n);
 	Datum	   *parts = palloc(sizeof(Datum) * n);
@@ -538,7 +594,8 @@ write_dead_letters(IotBatch *batch)
 
 	for (i = 0; i < n; i++)
 	{
-		IotReject  *rej = &batch->rejects[i];
+		IotReject  *rej = i < batch->nrejects ? &batch->rejects[i] :
+			&batch->db_rejects[i - batch->nrejects];
 		bytea	   *payload = palloc(VARHDRSZ + rej->len);
 
 		SET_VARSIZE(payload, VARHDRSZ + rej->len);
@@ -550,7 +607,7 @@ write_dead_letters(IotBatch *batch)
 		parts[i] = Int32GetDatum(rej->partition);
 		offsets[i] = Int64GetDatum(rej->offset);
 		payloads[i] = PointerGetDatum(payload);
-		/* the reason is ASCII or valid UTF-8 built by us */
+		/* the reason is ASCII or valid UTF-8 built by us or the server */
 		errors[i] = PointerGetDatum(cstring_to_text(rej->reason));
 	}
 	args[0] = iotpipe_text_array(sources, NULL, n);
@@ -583,141 +640,165 @@ write_dead_letters(IotBatch *batch)
 /*
  * A reading that has no partition and cannot get one now (partition.c:
  * the per-transaction cap, a lock wait that timed out) is held: it goes to
- * iotpipe.dead_letters as a canonical JSON message of the parsed reading,
- * with a reason starting with "held: ", and the launcher ingests it again
- * (iotpipe_ingest_retry_held).  It is not lost and not written twice.
+ * iotpipe.dead_letters with its exact message and a reason starting with
+ * "held: ", and the launcher ingests it again (iotpipe_ingest_retry_held).
+ * It is not lost and not written twice.
+ *
+ * Held and refused readings are per flush, not taken out of the batch: a
+ * caller flushes the same batch again after a failed transaction.
  */
 static void
-hold_reading(IotBatch *batch, const IotReading *r, const char *reason)
+set_aside(IotBatch *batch, int i, const char *reason)
 {
-	StringInfoData buf;
-	IotSource	src = {0};
-	struct pg_tm tm;
-	fsec_t		fsec;
-	char		num[64];
+	IotRaw	   *raw = &batch->raws[i];
+	IotReject  *rej;
 
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"sensor_id\":");
-	escape_json(&buf, r->sensor_id);
-	if (timestamp2tm(r->ts, NULL, &tm, &fsec, NULL, NULL) != 0)
-		elog(ERROR, "timestamp out of range");
-	appendStringInfo(&buf, ",\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%06dZ\"",
-					 tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
-	if (r->has_temperature)
-	{
-		double_to_shortest_decimal_buf(r->temperature, num);
-		appendStringInfo(&buf, ",\"temperature\":%s", num);
-	}
-	if (r->has_humidity)
-	{
-		double_to_shortest_decimal_buf(r->humidity, num);
-		appendStringInfo(&buf, ",\"humidity\":%s", num);
-	}
-	if (r->location)
-	{
-		appendStringInfoString(&buf, ",\"location\":");
-		escape_json(&buf, pnstrdup(r->location, r->location_len));
-	}
-	appendStringInfoChar(&buf, '}');
-	src.source = batch->source ? batch->source : "sql";
-	iotpipe_batch_reject(batch, buf.data, buf.len, &src, reason);
+	if (batch->db_rejects == NULL)
+		batch->db_rejects = palloc(sizeof(IotReject) * batch->nreadings);
+	rej = &batch->db_rejects[batch->ndb_rejects++];
+	rej->data = batch->raw + raw->off;
+	rej->len = raw->len;
+	rej->reason = reason;
+	rej->source = raw->source;
+	rej->topic = raw->topic;
+	rej->partition = raw->partition;
+	rej->offset = raw->offset;
+	rej->has_coords = (raw->topic != NULL);
 }
 
-/* every reading needs a partition: made now, or the reading is held */
+/*
+ * Every reading needs a partition: made now, or the reading is held.  Sets
+ * the flush's rows to write (batch->rows/rowidx/nrows): all the readings,
+ * or a copy without the held ones.
+ */
 static void
 ensure_partitions(IotBatch *batch)
 {
 	IotPartCheck *pc = iotpipe_partcheck_begin();
-	int			keep = 0;
 
+	batch->rows = batch->readings;
+	batch->rowidx = NULL;
+	batch->nrows = batch->nreadings;
 	for (int i = 0; i < batch->nreadings; i++)
 	{
 		const char *reason = iotpipe_partcheck(pc, batch->readings[i].ts);
 
 		if (reason != NULL)
-			hold_reading(batch, &batch->readings[i], reason);
-		else
 		{
-			if (keep != i)
-				batch->readings[keep] = batch->readings[i];
-			keep++;
+			if (batch->rowidx == NULL)
+			{
+				batch->rows = palloc(sizeof(IotReading) * batch->nreadings);
+				batch->rowidx = palloc(sizeof(int) * batch->nreadings);
+				memcpy(batch->rows, batch->readings, sizeof(IotReading) * i);
+				for (int j = 0; j < i; j++)
+					batch->rowidx[j] = j;
+				batch->nrows = i;
+			}
+			set_aside(batch, i, reason);
+		}
+		else if (batch->rowidx != NULL)
+		{
+			batch->rows[batch->nrows] = batch->readings[i];
+			batch->rowidx[batch->nrows++] = i;
 		}
 	}
-	batch->nreadings = keep;
 	iotpipe_partcheck_end(pc);
 }
 
+/* rowguard.c's callbacks: write a range of the rows, set one aside */
+static void
+write_range(void *arg, int lo, int hi)
+{
+	IotBatch   *batch = arg;
+
+	copy_readings(batch->rows + lo, hi - lo);
+}
+
+static void
+refuse_row(void *arg, int i, const char *reason)
+{
+	IotBatch   *batch = arg;
+
+	if (batch->refused == NULL)
+		batch->refused = palloc0(sizeof(bool) * batch->nrows);
+	batch->refused[i] = true;
+	set_aside(batch, batch->rowidx ? batch->rowidx[i] : i, reason);
+}
+
+/*
+ * Write the batch in the current transaction: the readings (those the
+ * database refuses, by a constraint or a trigger, become dead letters with
+ * the reason and their message: rowguard.c), the sensors and the alerts of
+ * the readings that landed, the dead letters.  The batch itself is not
+ * changed: a caller may flush it again after a failed transaction.
+ */
 void
 iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected)
 {
 	MemoryContext old = MemoryContextSwitchTo(batch->cxt);
+	IotReading *landed = batch->readings;
+	int			nlanded = batch->nreadings;
 
+	batch->ndb_rejects = 0;
+	batch->db_rejects = NULL;
+	batch->refused = NULL;
 	if (batch->nreadings > 0)
+	{
 		ensure_partitions(batch);
-	if (batch->nreadings > 0)
-		copy_readings(batch);
+		landed = batch->rows;
+		nlanded = batch->nrows;
+	}
+	if (nlanded > 0)
+	{
+		if (iotpipe_my_slot >= 0)
+		{
+			/*
+			 * A worker's batch is a transaction of its own: a constraint a
+			 * DBA made DEFERRABLE INITIALLY DEFERRED is checked with the
+			 * write, where a refused row can be set aside, not at commit,
+			 * where it would fail the batch every time (SET CONSTRAINTS ALL
+			 * IMMEDIATE).  ingest_json leaves its caller's transaction as
+			 * it is.
+			 */
+			ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
+
+			immediate->constraints = NIL;
+			immediate->deferred = false;
+			AfterTriggerSetState(immediate);
+		}
+		if (iotpipe_rowguard_write(batch->nrows, write_range, refuse_row, batch) > 0)
+		{
+			/* the readings that landed, in input order */
+			landed = palloc(sizeof(IotReading) * batch->nrows);
+			nlanded = 0;
+			for (int i = 0; i < batch->nrows; i++)
+				if (!batch->refused[i])
+					landed[nlanded++] = batch->rows[i];
+		}
+	}
 	if (batch->nreadings > 0 || batch->nrejects > 0)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		if (batch->nreadings > 0)
+		if (nlanded > 0)
 		{
-			iotpipe_sensors_note(batch->readings, batch->nreadings);
-			iotpipe_sensors_write(false);
-			iotpipe_alerts_process(iotpipe_batch_readings(batch), iotpipe_batch_nreadings(batch));
+			/* an iotpipe worker's small, frequent batches: a delta, folded later */
+			if (iotpipe_my_slot >= 0)
+				iotpipe_sensors_defer(landed, nlanded);
+			else
+				iotpipe_sensors_upsert(landed, nlanded);
+			iotpipe_alerts_process(landed, nlanded);
 		}
-		if (batch->nrejects > 0)
+		if (batch->nrejects + batch->ndb_rejects > 0)
 			write_dead_letters(batch);
 		SPI_finish();
 	}
 	MemoryContextSwitchTo(old);
 
 	if (accepted)
-		*accepted = batch->nreadings;
+		*accepted = nlanded;
 	if (rejected)
-		*rejected = batch->nrejects;
-}
-
-/*
- * Write the sensors this backend holds back (see sensors.c), in the current
- * transaction: all of them, or those due.  Workers call it when idle.
- */
-void
-iotpipe_ingest_write_sensors(bool all)
-{
-	if (!iotpipe_sensors_pending())
-		return;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	iotpipe_sensors_write(all);
-	SPI_finish();
-}
-
-/*
- * For workers with nothing to ingest: write the sensors that became due, in
- * a short transaction of its own, so that iotpipe.sensors does not stay
- * behind when a stream stops.  Cheap when there is nothing held back.
- */
-static void
-idle_write_tx(void *arg)
-{
-	iotpipe_ingest_write_sensors(false);
-}
-
-void
-iotpipe_ingest_idle(void)
-{
-	static TimestampTz last_idle_write = 0;
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (!iotpipe_sensors_pending() || IsTransactionState())
-		return;
-	/* at most a few times per refresh interval */
-	if (now - last_idle_write < (int64) iotpipe_sensor_refresh_ms * 1000 / 4)
-		return;
-	last_idle_write = now;
-	/* never throws: a failure is logged and published, the write retried later */
-	(void) iotpipe_worker_xact(idle_write_tx, NULL, "writing iotpipe.sensors", false);
+		*rejected = batch->nrejects + batch->ndb_rejects;
 }
 
 /* ---------- held readings ---------- */
@@ -770,10 +851,7 @@ iotpipe_ingest_retry_held(int max)
 	}
 	SPI_finish();
 	if (n > 0)
-	{
 		iotpipe_batch_flush(batch, NULL, NULL);
-		iotpipe_ingest_write_sensors(true);
-	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 	return (int) n;
@@ -860,8 +938,6 @@ ingest_array(FunctionCallInfo fcinfo)
 		total_rej += r;
 	}
 	array_free_iterator(it);
-	/* nothing of this call is held back: a session may never call again */
-	iotpipe_ingest_write_sensors(true);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(percall);
 

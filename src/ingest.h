@@ -33,10 +33,6 @@ extern void iotpipe_batch_reject(IotBatch *batch, const char *data, size_t len,
 /* write the batch in the current transaction; returns rows accepted */
 extern void iotpipe_batch_flush(IotBatch *batch, uint64 *accepted, uint64 *rejected);
 
-/* write the sensors held back by this backend (sensors.c), in the current transaction */
-extern void iotpipe_ingest_write_sensors(bool all);
-/* workers call this when idle (outside a transaction): writes due sensors */
-extern void iotpipe_ingest_idle(void);
 /* the launcher: ingest again up to max held readings (dead letters "held: ...") */
 extern int	iotpipe_ingest_retry_held(int max);
 

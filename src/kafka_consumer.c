@@ -43,12 +43,12 @@
 #include "iotpipe.h"
 #include "guc.h"
 #include "ingest.h"
-#include "sensors.h"
 #include "shmem.h"
 #include "status.h"
 #include "worker.h"
 #include "kafka_common.h"
 #include "kafka_offsets.h"
+#include "sensors.h"
 #include "kafka_consumer.h"
 
 #include <fcntl.h>
@@ -439,9 +439,9 @@ commit_batch(Consumer *c, IotBatch *batch, bool with_watermarks, bool *fenced)
 }
 
 static void
-write_sensors_tx(void *arg)
+fold_sensors_tx(void *arg)
 {
-	iotpipe_ingest_write_sensors(*(bool *) arg);
+	iotpipe_sensors_fold_own();
 }
 
 /* ---------- health, published to iotpipe.status ---------- */
@@ -746,9 +746,6 @@ run_session(Consumer *c, IotBatch *batch, bool *broker_down)
 			}
 			rd_kafka_message_destroy(msgs[i]);
 		}
-		/* nothing to ingest: the ingest core writes the sensors it held back */
-		if (n == 0 && count == 0)
-			iotpipe_ingest_idle();
 		if (count > 0 && health.outage)
 		{
 			clear_outage(&health);
@@ -874,13 +871,8 @@ iotpipe_kafka_main(Datum arg)
 		backoff_ms = Min(backoff_ms * 2, 30000);
 	}
 
-	if (iotpipe_sensors_pending())
-	{
-		/* leave iotpipe.sensors complete: write what was held back */
-		bool		all = true;
-
-		(void) iotpipe_worker_xact(write_sensors_tx, &all, "writing sensors", true);
-	}
+	/* leave iotpipe.sensors complete: fold this worker's deltas */
+	(void) iotpipe_worker_xact(fold_sensors_tx, NULL, "folding sensor deltas", true);
 	ereport(LOG, (errmsg("%s stopping", who)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);
 	proc_exit(0);

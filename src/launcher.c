@@ -14,7 +14,10 @@
  *	    1. the installed extension must match the library
  *	       (iotpipe_version_ok): if it is missing or older, stop every
  *	       worker, read no iotpipe table, state "waiting" with the reason;
- *	       checked again every pass, so CREATE / ALTER EXTENSION resume it
+ *	       checked again every pass, so CREATE / ALTER EXTENSION resume it;
+ *	       the same while a restore into the database runs (the session
+ *	       noted in iotpipe.restore_sessions, or application_name
+ *	       pg_restore): "waiting" until it ends
  *	    2. partition upkeep (every minute): yesterday .. today + premake
  *	    3. desired workers: the simulator row, each enabled Kafka source x
  *	       its worker count; each with the generation of its settings
@@ -39,6 +42,7 @@
 #include "guc.h"
 #include "ingest.h"
 #include "partition.h"
+#include "sensors.h"
 #include "status.h"
 #include "version.h"
 #include "worker.h"
@@ -100,6 +104,7 @@ iotpipe_launcher_register(void)
 typedef struct PassState
 {
 	bool		version_ok;
+	bool		restoring;		/* a restore into this database runs */
 	char		detail[IOTPIPE_ERRLEN];	/* why not, for the status row */
 	DesiredWorker *desired;
 	int			ndesired;
@@ -136,10 +141,49 @@ read_desired(void *arg)
 	uint64		i;
 
 	ps->ndesired = 0;
+	ps->restoring = false;
 	/* a missing or older extension: read no iotpipe table */
 	ps->version_ok = iotpipe_version_ok(ps->detail, sizeof(ps->detail));
 	if (!ps->version_ok)
 		return;
+
+	/*
+	 * A restore into this database (60_backup.sql): no partition, no worker
+	 * until it has ended and iotpipe._restore_finish() has set the ETL's
+	 * watermark, so that its partitions, offsets and positions go in as
+	 * dumped and nothing is ingested before the watermark is this server's.
+	 */
+	ret = SPI_execute("SELECT iotpipe._restore_running()", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		int			pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (!isnull)
+		{
+			ps->restoring = true;
+			snprintf(ps->detail, sizeof(ps->detail),
+					 "a restore is running (pid %d): no partition upkeep and no workers until it ends", pid);
+			return;
+		}
+	}
+	/* once after a restore (a no-op otherwise); a lock wait is retried next pass */
+	SPI_execute("SET LOCAL lock_timeout = 1000", false, 0);
+	ret = SPI_execute("SELECT iotpipe._restore_finish()", false, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		{
+			ps->restoring = true;
+			strlcpy(ps->detail, "a restore is running: no partition upkeep and no workers until it ends",
+					sizeof(ps->detail));
+			return;
+		}
+	}
+	SPI_execute("SET LOCAL lock_timeout TO DEFAULT", false, 0);
 
 	ret = SPI_execute("SELECT s.generation FROM iotpipe.simulator s WHERE s.enabled", true, 1);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
@@ -150,6 +194,11 @@ read_desired(void *arg)
 
 		add_desired(ps, IOT_WORKER_SIMULATOR, 0, 0, gen, "simulator");
 	}
+
+	/* alert delivery: a notifier while any receiver is enabled (delivery_worker.c) */
+	ret = SPI_execute("SELECT 1 FROM iotpipe.receivers r WHERE r.enabled LIMIT 1", true, 1);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+		add_desired(ps, IOT_WORKER_NOTIFIER, 0, 0, 0, "notifier");
 
 	ret = SPI_execute("SELECT k.source_id, k.workers, k.generation, k.topic FROM iotpipe.kafka_sources k "
 					  "WHERE k.enabled ORDER BY k.source_id", true, 0);
@@ -214,6 +263,13 @@ alerts_tick(void *arg)
 	iotpipe_alerts_tick();
 }
 
+/* sensor deltas no worker folded: a worker stopped, idle or dead (sensors.c) */
+static void
+sensors_fold(void *arg)
+{
+	iotpipe_sensors_fold_stale();
+}
+
 /* ---------- starting and stopping workers ---------- */
 
 /* register a dynamic worker for a prepared slot; false when no bgworker slot was free */
@@ -265,10 +321,14 @@ static void
 launch_worker(int slotno, DesiredWorker *d)
 {
 	bool		sim = (d->kind == IOT_WORKER_SIMULATOR);
+	bool		notifier = (d->kind == IOT_WORKER_NOTIFIER);
 
 	iotpipe_slot_prepare(slotno, d->kind, d->key, d->index, d->config_gen, d->name);
-	if (!register_worker(slotno, sim ? "iotpipe_simulator_main" : "iotpipe_kafka_main",
-						 sim ? "iotpipe simulator" : "iotpipe kafka", d->name))
+	if (!register_worker(slotno,
+						 sim ? "iotpipe_simulator_main" :
+						 notifier ? "iotpipe_notifier_main" : "iotpipe_kafka_main",
+						 sim ? "iotpipe simulator" :
+						 notifier ? "iotpipe notifier" : "iotpipe kafka", d->name))
 		slot_local[slotno].next_launch_at = slot_local[slotno].launched_at + 5 * USECS_PER_SEC;
 }
 
@@ -504,9 +564,12 @@ iotpipe_launcher_main(Datum arg)
 		{
 			TimestampTz now = GetCurrentTimestamp();
 
-			if (!ps.version_ok)
+			if (!ps.version_ok || ps.restoring)
 			{
-				/* no extension, or an older one: nothing runs until it matches */
+				/*
+				 * no extension, or an older one: nothing runs until it
+				 * matches; a restore: nothing runs until it ends
+				 */
 				iotpipe_set_state(IOT_STATE_WAITING, ps.detail);
 				stop_all_workers();
 				was_ok = false;
@@ -532,6 +595,7 @@ iotpipe_launcher_main(Datum arg)
 				}
 				reconcile(&ps);
 				(void) iotpipe_worker_xact(alerts_tick, NULL, "alert timers", false);
+				(void) iotpipe_worker_xact(sensors_fold, NULL, "folding sensor deltas", true);
 				etl_schedule(GetCurrentTimestamp(), &last_etl);
 			}
 		}

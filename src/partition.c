@@ -17,10 +17,10 @@
  *	  PARTITION, which takes SHARE UPDATE EXCLUSIVE on iotpipe.readings
  *	  (CREATE TABLE ... PARTITION OF takes ACCESS EXCLUSIVE, so one session
  *	  idle in a transaction after a SELECT stalled every ingest behind it).
- *	  ATTACH builds the partition's indexes from the parent's, clones its
- *	  row triggers and checks the (empty) table against the bound; the table
- *	  gets the parent's columns, defaults, CHECK constraints, storage and
- *	  compression, and its tablespace when it has one.  Creation runs as the
+ *	  ATTACH clones the parent's row triggers and checks the (empty) table
+ *	  against the bound; the table gets the parent's columns, defaults,
+ *	  CHECK constraints, storage and compression, its tablespace when it
+ *	  has one, and its two indexes (below) before it is attached.  Creation runs as the
  *	  owner of iotpipe.readings and is serialized by the extension's own
  *	  lock (locks.c), which no SQL role can take.
  *
@@ -33,6 +33,15 @@
  *	  partition cannot be made now (the cap, a lock wait that timed out)
  *	  gets a reason starting with "held: ": the caller keeps it in
  *	  iotpipe.dead_letters and the launcher ingests it again later.
+ *
+ *	  Each partition gets its own two indexes, made here and named
+ *	  <partition>_sensor_id_ts_idx and <partition>_ingest_xid_idx (BRIN):
+ *	  iotpipe.readings has no partitioned index.  A partition is not a
+ *	  member of the extension, so pg_dump dumps it with its indexes; had
+ *	  the extension's script made an index on the parent, ATTACH PARTITION
+ *	  in the restore would build a copy of it on each partition before
+ *	  pg_restore's own CREATE INDEX of the same name, which then fails
+ *	  (README, "Backup and restore").
  *
  *-------------------------------------------------------------------------
  */
@@ -115,6 +124,38 @@ static inline TimestampTz
 day_start(int32 day)
 {
 	return (TimestampTz) day * USECS_PER_DAY;
+}
+
+/*
+ * The indexes every partition has (the ETL reads the BRIN one by its name,
+ * iotpipe._run_etl).  The names are the ones PostgreSQL chose when 0.1.0
+ * cloned them from partitioned indexes; they are made on the new table
+ * before it is attached, so under 0.1.0's SQL (partitioned indexes, before
+ * ALTER EXTENSION UPDATE) ATTACH adopts them instead of building clones.
+ */
+static void
+partition_create_indexes(Oid nsp, const char *name)
+{
+	static const char *const suffix[2] = {"sensor_id_ts_idx", "ingest_xid_idx"};
+	static const char *const def[2] = {
+		"(sensor_id, ts)",
+		"USING brin (((ingest_xid::pg_catalog.text)::pg_catalog.int8)) WITH (pages_per_range = 32)"
+	};
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		char		idx[NAMEDATALEN * 2];
+		char		sql[512];
+
+		snprintf(idx, sizeof(idx), "%s_%s", name, suffix[i]);
+		if (OidIsValid(get_relname_relid(idx, nsp)))
+			continue;
+		snprintf(sql, sizeof(sql), "CREATE INDEX %s ON iotpipe.%s %s",
+				 quote_identifier(idx), quote_identifier(name), def[i]);
+		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not index partition %s", name);
+	}
 }
 
 static inline int32
@@ -252,6 +293,7 @@ create_spec(Oid parent, const PartSpec *s, int lock_wait_ms)
 	Relation	rel = relation_open(parent, NoLock);
 	Oid			owner = rel->rd_rel->relowner;
 	Oid			spc = rel->rd_rel->reltablespace;
+	Oid			nsp = RelationGetNamespace(rel);
 	Oid			save_userid;
 	int			save_sec;
 	int			nest;
@@ -284,6 +326,8 @@ create_spec(Oid parent, const PartSpec *s, int lock_wait_ms)
 					   OidIsValid(spc) ? quote_identifier(get_tablespace_name(spc)) : "");
 		if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
 			elog(ERROR, "could not create partition %s", s->name);
+		CommandCounterIncrement();
+		partition_create_indexes(nsp, s->name);
 		sql = psprintf("ALTER TABLE iotpipe.readings ATTACH PARTITION iotpipe.%s "
 					   "FOR VALUES FROM ('%s') TO ('%s')",
 					   quote_identifier(s->name), from, to);

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * sensors.h
- *	  iotpipe.sensors upkeep, throttled (sensors.c).
+ *	  iotpipe.sensors upkeep, in each batch's transaction (sensors.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -10,8 +10,12 @@
 
 #include "jsonmsg.h"
 
-extern void iotpipe_sensors_note(IotReading *readings, int n);
-extern void iotpipe_sensors_write(bool all);	/* SPI connected */
-extern bool iotpipe_sensors_pending(void);
+/* the sensors of a batch's landed readings, in its transaction; SPI connected */
+extern void iotpipe_sensors_upsert(const IotReading *readings, int n);	/* at once */
+extern void iotpipe_sensors_defer(const IotReading *readings, int n);	/* workers: a delta */
+/* a stopping worker: fold its own deltas; SPI connected */
+extern void iotpipe_sensors_fold_own(void);
+/* the launcher: fold deltas older than iotpipe.sensor_refresh; SPI connected */
+extern void iotpipe_sensors_fold_stale(void);
 
 #endif							/* IOTPIPE_SENSORS_H */

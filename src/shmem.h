@@ -19,7 +19,8 @@ typedef enum IotWorkerKind
 	IOT_WORKER_LAUNCHER,
 	IOT_WORKER_SIMULATOR,
 	IOT_WORKER_KAFKA,
-	IOT_WORKER_ETL				/* one scheduled run of iotpipe.run_etl() */
+	IOT_WORKER_ETL,				/* one scheduled run of iotpipe.run_etl() */
+	IOT_WORKER_NOTIFIER			/* alert delivery (delivery_worker.c) */
 } IotWorkerKind;
 
 typedef enum IotWorkerState

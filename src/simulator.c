@@ -109,19 +109,17 @@ read_config(SimConfig *cfg)
 	return iotpipe_worker_xact(read_config_tx, &ca, "reading settings", true) && ca.found;
 }
 
-/* the one wait; nothing due now: keep iotpipe.sensors current meanwhile */
+/* the one wait */
 static void
 sim_wait(long timeout_ms)
 {
-	if (timeout_ms >= 10)
-		iotpipe_ingest_idle();
 	(void) iotpipe_worker_wait(timeout_ms, PGINVALID_SOCKET);
 }
 
 static void
-write_sensors_tx(void *arg)
+fold_sensors_tx(void *arg)
 {
-	iotpipe_ingest_write_sensors(true);
+	iotpipe_sensors_fold_own();
 }
 
 typedef struct FlushArgs
@@ -405,10 +403,10 @@ iotpipe_simulator_main(Datum arg)
 		(void) iotpipe_producer_poll(producer, 5000, errbuf, sizeof(errbuf));
 		iotpipe_producer_destroy(producer);
 	}
-	else if (iotpipe_sensors_pending())
+	else
 	{
-		/* leave iotpipe.sensors complete: write what was held back */
-		(void) iotpipe_worker_xact(write_sensors_tx, NULL, "writing sensors", false);
+		/* leave iotpipe.sensors complete: fold this worker's deltas */
+		(void) iotpipe_worker_xact(fold_sensors_tx, NULL, "folding sensor deltas", true);
 	}
 	ereport(LOG, (errmsg("iotpipe simulator stopping after " UINT64_FORMAT " readings", emitted)));
 	iotpipe_set_state(IOT_STATE_STOPPED, NULL);

@@ -67,6 +67,8 @@ iotpipe_kind_name(IotWorkerKind kind)
 			return "kafka";
 		case IOT_WORKER_ETL:
 			return "etl";
+		case IOT_WORKER_NOTIFIER:
+			return "notifier";
 	}
 	return "unknown";
 }

@@ -8,18 +8,29 @@
  *	  per pass of a worker, so nothing needs invalidating when another
  *	  session runs ALTER EXTENSION.
  *
+ *	  The first SQL entry point a session calls after a restore also runs
+ *	  iotpipe._restore_finish() (60_backup.sql), so that nothing is
+ *	  ingested under the dumped server's ETL watermark; once it is done
+ *	  for this extension, the session does not ask again.
+ *
  *-------------------------------------------------------------------------
  */
 #include "iotpipe.h"
 #include "version.h"
 
 #include "access/genam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -78,6 +89,36 @@ iotpipe_version_ok(char *detail, size_t len)
 	return false;
 }
 
+/* the extension whose restore this session has seen finished */
+static Oid	restore_finished_ext = InvalidOid;
+
+static void
+finish_restore_once(void)
+{
+	Oid			ext = get_extension_oid("iotpipe", true);
+	Oid			fn;
+	bool		done = false;
+
+	if (!OidIsValid(ext) || ext == restore_finished_ext || RecoveryInProgress() || XactReadOnly)
+		return;
+	fn = LookupFuncName(list_make2(makeString("iotpipe"), makeString("_restore_finish")),
+						0, NULL, true);
+	if (!OidIsValid(fn) || pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT iotpipe._restore_finish()", false, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	SPI_finish();
+	if (done)
+		restore_finished_ext = ext;
+}
+
 void
 iotpipe_require_version(void)
 {
@@ -87,8 +128,13 @@ iotpipe_require_version(void)
 	if (creating_extension)
 		return;
 	installed = iotpipe_installed_version();
-	if (installed == NULL || strcmp(installed, iotpipe_library_version) == 0)
+	if (installed == NULL)
 		return;
+	if (strcmp(installed, iotpipe_library_version) == 0)
+	{
+		finish_restore_once();
+		return;
+	}
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("extension iotpipe %s is installed, but the library is %s",

@@ -305,6 +305,16 @@ def _ack(alert_id: int):
     ss["_feed_dirty"] = True
 
 
+def _delivery_note(row, delivered: dict) -> str:
+    """Whether and where the alert was delivered (iotpipe.notifications)."""
+    where = delivered.get(int(row.alert_id))
+    if where:
+        return f"delivery: {ui.md(where)}"
+    if getattr(row, "silenced", False) is True:
+        return "silenced: not sent"
+    return "not routed to any receiver"
+
+
 @st.fragment(run_every=ui.FEED_REFRESH_S)
 def alert_feed():
     with ui.section("the alert feed"):
@@ -367,6 +377,7 @@ def alert_feed():
             st.info("No alerts yet.")
             return
         box = st.container(height=460) if len(df) > 6 else st.container()
+        delivered = q.deliveries_of(c, [int(a) for a in df["alert_id"]])
         for row in df.itertuples():
             cols = box.columns([3.4, 1.6], vertical_alignment="center")
             when = pd.Timestamp(row.started_at).strftime("%H:%M:%S")
@@ -386,6 +397,7 @@ def alert_feed():
                 f"{SEVERITY_BADGES.get(row.severity, ui.md(row.severity))} #{row.alert_id} · **{ui.md(rule)}** · {ui.md(row.sensor_id)}"
                 f"{what}"
                 f" · {state} since {when}{acked}"
+                f" · {_delivery_note(row, delivered)}"
             )
             if pd.isna(row.acked_at):
                 cols[1].button(

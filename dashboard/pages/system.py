@@ -1,4 +1,4 @@
-"""System: workers, ingest rate over time, Kafka lag, ETL runs, dead letters with reasons."""
+"""System: workers, ingest rate over time, alert delivery, Kafka lag, ETL runs, dead letters with reasons."""
 
 import altair as alt
 import pandas as pd
@@ -80,6 +80,31 @@ with ui.section("the hourly ingest history (warehouse)"):
     else:
         st.caption("Readings per hour over the last 48 h (warehouse)")
         st.bar_chart(h, x="hour_start", y="readings", height=180)
+
+st.subheader("Alert delivery")
+with ui.section("alert delivery"):
+    rcv = q.receivers(c)
+    box = q.outbox(c)
+    cols = st.columns(4)
+    cols[0].metric(
+        "Receivers", f"{int(rcv['enabled'].sum()) if not rcv.empty else 0} enabled"
+    )
+    cols[1].metric("Outbox pending", f"{box['pending']:,}")
+    cols[2].metric("Notifications sent", f"{box['sent']:,}")
+    cols[3].metric("Notifications failed", f"{box['failed']:,}")
+    if rcv.empty:
+        st.info(
+            "No receivers configured (INSERT INTO iotpipe.receivers … and iotpipe.routes; see docs/alerts.md)."
+        )
+    else:
+        st.dataframe(rcv, hide_index=True, width="stretch")
+        st.caption(
+            "From iotpipe.receiver_overview (URLs, headers and passwords are not shown)."
+        )
+    fails = q.delivery_failures(c, 20)
+    if not fails.empty:
+        st.caption("Last delivery failures, with their reasons")
+        st.dataframe(fails, hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 with left:

@@ -176,12 +176,12 @@ CREATE UNLOGGED TABLE iotpipe.etl_stage_hourly (LIKE iotpipe_dw.fact_sensor_hour
 CREATE UNLOGGED TABLE iotpipe.etl_stage_days (
     sensor_key int NOT NULL, date_key int NOT NULL, day_start timestamptz NOT NULL);
 
--- Lets the ETL find the rows of recent transactions without reading every
--- partition: BRIN is a few pages per partition and nearly free at ingest.
--- run_etl() summarizes the ranges it has read (VACUUM leaves a partition's
--- last, partial range out), so the next run skips them.
-CREATE INDEX readings_ingest_xid_brin ON iotpipe.readings
-    USING brin (((ingest_xid::text)::bigint)) WITH (pages_per_range = 32);
+-- The ETL finds the rows of recent transactions without reading every
+-- partition through each partition's BRIN index on ingest_xid
+-- (<partition>_ingest_xid_idx, made by src/partition.c): a few pages per
+-- partition and nearly free at ingest.  run_etl() summarizes the ranges it
+-- has read (VACUUM leaves a partition's last, partial range out), so the
+-- next run skips them.
 
 ------------------------------------------------------------------------------
 -- Helpers
@@ -521,9 +521,11 @@ BEGIN
     FOR part IN
         SELECT ix.indexrelid::regclass AS idx, ix.indrelid::regclass AS tab
           FROM pg_inherits pi
-          JOIN pg_index ix ON ix.indexrelid = pi.inhrelid
-          JOIN pg_class t ON t.oid = ix.indrelid
-         WHERE pi.inhparent = 'iotpipe.readings_ingest_xid_brin'::regclass
+          JOIN pg_class t ON t.oid = pi.inhrelid
+          JOIN pg_index ix ON ix.indrelid = t.oid
+          JOIN pg_class i ON i.oid = ix.indexrelid
+         WHERE pi.inhparent = 'iotpipe.readings'::regclass
+           AND i.relname = t.relname || '_ingest_xid_idx'
            -- readings_pYYYYMMDD, readings_pYYYYMM, readings_pYYYY overlapping the window
            AND t.relname LIKE 'readings\_p%'
            AND substring(t.relname FROM 11)
@@ -571,6 +573,14 @@ BEGIN
     -- one run at a time; a second caller waits (iotpipe.etl_lock_timeout at
     -- most), then runs on what is new
     PERFORM iotpipe._etl_lock();
+    -- after a restore: this server's watermark first (60_backup.sql)
+    IF NOT iotpipe._restore_finish() THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = 'a restore into this database is running',
+            DETAIL = format('Session %s is restoring this database; the warehouse waits for it to end.',
+                            iotpipe._restore_running()),
+            HINT = 'Run iotpipe.run_etl() when the restore has finished.';
+    END IF;
     -- the snapshot is taken by this statement, after the lock: the previous
     -- run has committed and is visible
     INSERT INTO iotpipe.etl_runs (status, until, snapshot, watermark)

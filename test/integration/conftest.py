@@ -34,6 +34,26 @@ def connect(dbname=DB, user="postgres", autocommit=True):
     return psycopg.connect(conninfo(dbname, user), autocommit=autocommit)
 
 
+def drop_extension(conn, if_exists=False, timeout=30.0):
+    """DROP EXTENSION iotpipe CASCADE, retried when it is chosen as a deadlock victim.
+
+    DROP EXTENSION locks every object of the extension in dependency order while
+    running workers (a simulator batch, the launcher's partition upkeep) lock some
+    of the same tables in another order: PostgreSQL then cancels one of them, as it
+    would for any DROP of tables in use.  The workers retry their side; so does this.
+    """
+    sql = "DROP EXTENSION " + ("IF EXISTS " if if_exists else "") + "iotpipe CASCADE"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except psycopg.errors.DeadlockDetected:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def poll(fn, timeout=30.0, interval=0.1, what="condition"):
     """Call fn() until it returns something truthy; fail after timeout seconds."""
     deadline = time.monotonic() + timeout

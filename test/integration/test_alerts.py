@@ -522,3 +522,58 @@ def test_notify_ids_only_carries_no_alert_content(clean):
         c.execute("DELETE FROM iotpipe.alerts WHERE sensor_id = 'it-al-ids-1'")
         c.execute("DELETE FROM iotpipe.readings WHERE sensor_id = 'it-al-ids-1'")
         c.execute("DELETE FROM iotpipe.sensors WHERE sensor_id = 'it-al-ids-1'")
+
+
+def test_anomaly_payload_explains_the_alert(clean):
+    """An anomaly fire (robust statistic, defaults but for the warm-up) is
+    notified with the baseline, scale and score that fired it, the same
+    numbers as its row, and the payload stays far below its size bound; a
+    threshold fire carries none of these keys (issue 13)."""
+    db = clean
+    loc = "it-al-anomaly"
+    add_rule(
+        db,
+        name="it-al-anom",
+        kind="anomaly",
+        metric="temperature",
+        location=loc,
+        warmup="0",
+    )
+    add_rule(
+        db,
+        name="it-al-anom-hot",
+        kind="threshold",
+        metric="temperature",
+        location=loc,
+        op=">",
+        threshold=40,
+    )
+    with connect() as listener, connect() as producer:
+        listener.execute(f"LISTEN {CH}")
+        # 200 readings around 20 (a fixed wobble), then one of 45
+        normal = [
+            msg(
+                "it-al-a1",
+                f"2026-05-02T{i // 60:02d}:{i % 60:02d}:00Z",
+                20 + 0.3 * ((i * 7) % 5 - 2),
+                location=loc,
+            )
+            for i in range(200)
+        ]
+        ingest(producer, *normal)
+        assert drain(listener, 0.5) == []
+        ingest(producer, msg("it-al-a1", "2026-05-02T03:20:00Z", 45, location=loc))
+        got = wait_notifies(listener, 2)
+    by_rule = {p["rule"]: p for p in got}
+    anom, hot = by_rule["it-al-anom"], by_rule["it-al-anom-hot"]
+    assert anom["state"] == "firing" and anom["reading"] == 45
+    assert anom["value"] > anom["threshold"] == 6
+    row = db.execute(
+        "SELECT baseline, scale, score, value FROM iotpipe.alerts WHERE alert_id = %s",
+        (anom["alert_id"],),
+    ).fetchone()
+    assert (anom["baseline"], anom["scale"], anom["score"], anom["value"]) == row
+    assert 19.5 < anom["baseline"] < 20.5 and 0 < anom["scale"] < 1
+    assert anom["score"] == pytest.approx((45 - anom["baseline"]) / anom["scale"])
+    assert not {"baseline", "scale", "score"} & set(hot)
+    assert len(json.dumps(anom)) < 1000

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import DIR, PORT, ROOT, connect, poll, server_log
+from conftest import DIR, PORT, ROOT, connect, drop_extension, poll, server_log
 
 
 def status(db, worker="simulator"):
@@ -362,7 +362,7 @@ def test_launcher_survives_drop_and_create_extension(db):
     poll(
         lambda: (s := status(db)) and s["state"] == "running", 20, what="the simulator"
     )
-    db.execute("DROP EXTENSION iotpipe CASCADE")
+    drop_extension(db)
     # the launcher stops the worker; worker_status() went with the extension: ask pg_stat_activity
     poll(
         lambda: db.execute(

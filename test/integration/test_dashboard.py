@@ -145,7 +145,29 @@ def dash():
     a1 = fire_alert(db, "dash-0001", 95.5)  # acknowledged from AppTest
     a2 = fire_alert(db, "dash-0002", 91.0)  # acknowledged in the browser
     db.execute("SELECT iotpipe.run_etl()")
+    # alert delivery (issue 12): a receiver (disabled: nothing is sent) with a secret in
+    # its URL, a1 delivered to it, a2 failed there with its reason
+    db.execute("DELETE FROM iotpipe.notifications WHERE receiver = 'dash-hook'")
+    db.execute("DELETE FROM iotpipe.receivers WHERE name = 'dash-hook'")
+    db.execute(
+        "INSERT INTO iotpipe.receivers (name, kind, url, options, enabled) VALUES"
+        " ('dash-hook', 'webhook', 'https://127.0.0.1:1/dash-SECRET-T0K3N',"
+        '  \'{"headers": {"Authorization": "dash-SECRET-HEADER"}}\', false)'
+    )
+    db.execute(
+        "INSERT INTO iotpipe.routes (receiver, rule) VALUES ('dash-hook', %s)", (RULE,)
+    )
+    db.execute(
+        "INSERT INTO iotpipe.notifications (alert_id, receiver, event, state, attempts, sent_at,"
+        " last_attempt_at, last_status, last_error, payload) VALUES"
+        " (%s, 'dash-hook', 'firing', 'sent', 1, now(), now(), 200, NULL, '{}'),"
+        " (%s, 'dash-hook', 'firing', 'failed', 10, NULL, now(), 500,"
+        "  'gave up after 10 attempts: HTTP 500', '{}')",
+        (a1, a2),
+    )
     yield {"db": db, "alerts": (a1, a2)}
+    db.execute("DELETE FROM iotpipe.notifications WHERE receiver = 'dash-hook'")
+    db.execute("DELETE FROM iotpipe.receivers WHERE name = 'dash-hook'")
     db.execute("DELETE FROM iotpipe.kafka_offsets WHERE topic = 'dash-test'")
     db.execute("DELETE FROM iotpipe.kafka_watermarks WHERE topic = 'dash-test'")
     db.execute(
@@ -347,6 +369,39 @@ def test_system_page(dash):
         total = db.execute("SELECT sum(lag) FROM iotpipe.kafka_lag").fetchone()[0]
         assert m["Total lag (messages)"] == f"{int(total):,}"
     assert "ETL runs" in [h.value for h in at.subheader]
+
+
+def test_delivery_on_the_system_and_operations_pages(dash):
+    db = dash["db"]
+    a1, a2 = dash["alerts"]
+    at = run_page(app_test(), "pages/system.py")
+    m = metrics(at)
+    pending, sent, failed = db.execute(
+        "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'sent'),"
+        " count(*) FILTER (WHERE state = 'failed') FROM iotpipe.notifications"
+    ).fetchone()
+    assert m["Outbox pending"] == f"{pending:,}"
+    assert m["Notifications sent"] == f"{sent:,}"
+    assert m["Notifications failed"] == f"{failed:,}"
+    assert "Alert delivery" in [h.value for h in at.subheader]
+    frames = [d.value for d in at.dataframe]
+    rcv = [f for f in frames if "name" in f.columns and "dash-hook" in set(f["name"])]
+    assert rcv, "the receiver is listed"
+    assert "url" not in rcv[0].columns and "options" not in rcv[0].columns
+    row = rcv[0][rcv[0]["name"] == "dash-hook"].iloc[0]
+    assert (row["kind"], int(row["sent"]), int(row["failed"])) == ("webhook", 1, 1)
+    reasons = [f for f in frames if "reason" in f.columns and "receiver" in f.columns]
+    assert reasons and "gave up after 10 attempts: HTTP 500" in set(
+        reasons[0]["reason"]
+    )
+    everything = "\n".join(f.to_csv() for f in frames) + texts(at)
+    assert "SECRET" not in everything
+    # the Operations feed says whether and where each alert went
+    at = run_page(app_test())
+    feed = texts(at).replace("\\", "")  # as displayed: Markdown escapes removed
+    assert f"#{a1}" in feed and "delivery: dash-hook: firing sent" in feed
+    assert "delivery: dash-hook: firing failed" in feed
+    assert "SECRET" not in feed
 
 
 def test_unreachable_database():
@@ -597,6 +652,7 @@ def test_browser(dash, server, browser):
     )  # in the feed, and a toast
     shown = body_text(d)
     assert "FORGED" not in shown and "987654321" not in shown
+    assert "delivery: dash-hook: firing sent" in shown  # where a1 went
     time.sleep(
         2
     )  # let the charts finish drawing for the screenshot  # let the chart finish drawing for the screenshot
@@ -669,7 +725,12 @@ def test_browser(dash, server, browser):
         "ETL runs",
         "Dead letters",
         "Rejected messages by reason",
+        "Alert delivery",
+        "Outbox pending",
+        "Notifications failed",
+        "Last delivery failures, with their reasons",
     )
+    assert "SECRET" not in body_text(d)
     time.sleep(2)  # let the charts finish drawing for the screenshot
     d.save_screenshot(os.path.join(IMG, "system.png"))
     assert "Traceback" not in body_text(d)

@@ -113,7 +113,7 @@ def test_dockerfiles_build_like_the_tests():
         "make -s with_llvm=no"
         in open(os.path.join(ROOT, "scripts", "pginstall.sh")).read()
     )
-    for pkg in ("postgresql-server-dev-15", "librdkafka-dev"):
+    for pkg in ("postgresql-server-dev-15", "librdkafka-dev", "libcurl4-openssl-dev"):
         assert pkg in pg
     dash = open(os.path.join(DOCKER, "dashboard.Dockerfile")).read()
     assert "requirements.txt" in dash and "dashboard/run.sh" in dash

@@ -45,6 +45,16 @@ def partitions(db):
     ).fetchone()[0]
 
 
+def partition_names(db):
+    return {
+        r[0]
+        for r in db.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'iotpipe.readings'::regclass"
+        )
+    }
+
+
 def covered(db, ts):
     """Does a partition of iotpipe.readings take a row at ts?"""
     return db.execute(
@@ -153,6 +163,7 @@ def test_hostile_timestamps_bounded(db, cleanup):
         if first + timedelta(days=i) < now + timedelta(hours=23)
     ]
     before = partitions(db)
+    before_names = partition_names(db)
     c = connect(autocommit=False)
     try:
         acc, rej = c.execute(
@@ -200,9 +211,15 @@ def test_hostile_timestamps_bounded(db, cleanup):
     ).fetchone()[0]
     assert total == len(stamps)
     # years of history are few partitions: this test made at most one per
-    # year, month of this year and day of the daily window (and ahead)
-    made_in_all = partitions(db) - before
-    assert made_in_all <= (now.year - 2000 + 1) + 12 + 31 + 2, made_in_all
+    # year, month of this year and day of the daily window (and ahead); a
+    # year or month where earlier tests left partitions splits into its
+    # months or days
+    made_in_all = len(partition_names(db) - before_names)
+    old = [n[10:] for n in before_names if len(n) >= 14]
+    years = {n[:4] for n in old}
+    months = {n[:6] for n in old if len(n) >= 16}
+    bound = (now.year - 2000 + 1) + 12 + 31 + 2 + 11 * len(years) + 30 * len(months)
+    assert made_in_all <= bound, (made_in_all, bound)
 
 
 def test_idle_reader_does_not_stall_ingest(db, cleanup):

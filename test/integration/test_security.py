@@ -241,8 +241,8 @@ def test_no_planted_function_or_operator_is_ever_called(hijacked):
         )
         adm.execute(
             "INSERT INTO iotpipe.alert_rules (name, kind, metric, sensor_id, threshold, "
-            "window_size, min_samples) VALUES ('sec-anomaly', 'anomaly', 'temperature', "
-            "'sec-1', 3, 10, 5)"
+            "window_size, min_samples, statistic) VALUES ('sec-anomaly', 'anomaly', "
+            "'temperature', 'sec-1', 3, 10, 5, 'zscore')"
         )
         adm.execute(
             "INSERT INTO iotpipe.alert_rules (name, kind, sensor_id, for_duration) "

@@ -16,7 +16,7 @@ import time
 
 from psycopg.types.json import Jsonb
 
-from conftest import connect, poll, restart_server
+from conftest import connect, drop_extension, poll, restart_server
 from test_kafka import Producer, kafka_workers, q, q1, stored_offsets, verify
 
 TOPIC = "upgrade-stream"
@@ -80,7 +80,7 @@ def test_workers_wait_for_the_update_and_lose_nothing(kafka):
 
         # the same state in a 0.1.0 database, the source enabled
         with connect() as c:
-            c.execute("DROP EXTENSION iotpipe CASCADE")
+            drop_extension(c)
             c.execute("CREATE EXTENSION iotpipe VERSION '0.1.0'")
             c.execute(
                 "SELECT iotpipe.create_partitions(current_date - 3, current_date + 1)"

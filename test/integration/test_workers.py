@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import psycopg
 import pytest
 
-from conftest import connect, poll
+from conftest import connect, drop_extension, poll
 
 CH = "iotpipe_alerts"
 
@@ -288,7 +288,7 @@ def test_sigterm_ends_blocked_etl_run(clean, blocker):
 def test_library_newer_than_sql(clean):
     db = clean
     launcher = status(db, "launcher")["pid"]
-    db.execute("DROP EXTENSION iotpipe CASCADE")
+    drop_extension(db)
     db.execute("CREATE EXTENSION iotpipe VERSION '0.1.0'")
     try:
         want = (
@@ -361,7 +361,7 @@ def test_library_newer_than_sql(clean):
     finally:
         # a fresh install for whatever runs next
         set_etl_interval(db, None)
-        db.execute("DROP EXTENSION IF EXISTS iotpipe CASCADE")
+        drop_extension(db, if_exists=True)
         db.execute("CREATE EXTENSION iotpipe")
         poll(
             lambda: (s := status(db, "launcher")) and s["state"] == "running",

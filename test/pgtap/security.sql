@@ -37,8 +37,11 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe._alert_rules_limit(): (owner only)'),
     ('iotpipe._kafka_check_options(text[],text[],text[]): iotpipe_admin'),
     ('iotpipe._require_worker_database(): iotpipe_admin'),
+    ('iotpipe._restore_finish(): iotpipe_admin'),
+    ('iotpipe._restore_running(): (owner only)'),
     ('iotpipe._run_etl(iotpipe.etl_runs): (owner only)'),
     ('iotpipe._silenced(integer,text,text,timestamp with time zone): iotpipe_admin'),
+    ('iotpipe._simulator_singleton(): (owner only)'),
     ('iotpipe._wake_launcher(): iotpipe_admin'),
     ('iotpipe.ack_alert(bigint,text): iotpipe_admin iotpipe_operator'),
     ('iotpipe.apply_retention(): iotpipe_admin'),
@@ -53,7 +56,13 @@ SELECT set_eq('SELECT line FROM fn_grants', $$VALUES
     ('iotpipe.simulate(integer,bigint,bigint,timestamp with time zone,double precision): iotpipe_admin'),
     ('iotpipe.simulator_start(integer,double precision,bigint,text,text,text,double precision,timestamp with time zone): iotpipe_admin'),
     ('iotpipe.simulator_stop(): iotpipe_admin'),
-    ('iotpipe.worker_status(): iotpipe_admin iotpipe_operator')
+    ('iotpipe.worker_status(): iotpipe_admin iotpipe_operator'),
+    ('iotpipe._receiver_check(): (owner only)'),
+    ('iotpipe._receiver_renamed(): (owner only)'),
+    ('iotpipe._wake_notifier(): iotpipe_admin'),
+    ('iotpipe._delivery_payload(bigint,integer,text,text,text,text,text,text,text,text,double precision,double precision,double precision,timestamp with time zone,timestamp with time zone): iotpipe_admin'),
+    ('iotpipe._outbox_enqueue(bigint[],text[],text[],text[],text[],text[],text[]): iotpipe_admin'),
+    ('iotpipe.test_receiver(text): iotpipe_admin')
 $$, 'every function of iotpipe and iotpipe_dw is executable by exactly the reviewed roles');
 
 -- No function of the schemas is meant for PUBLIC.
